@@ -1,0 +1,167 @@
+"""NIfTI input/output with nibabel: geometry kept, BIDS sidecars read, outputs written atomically."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import QSMInputError
+from .geometry import check_voxel_size
+
+
+@dataclass
+class Volume:
+    """A loaded image: ``data`` float32 (i, j, k[, echo]), its 4x4 ``affine`` and nibabel ``header``."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: Any = None
+    path: str | None = None
+    sidecar: dict = field(default_factory=dict)
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        """Voxel size in mm from the header's pixdim (falls back to the affine)."""
+        if self.header is not None:
+            zooms = self.header.get_zooms()[:3]
+            return check_voxel_size(zooms, self.path or "image")
+        return check_voxel_size(np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0), self.path or "image")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The BIDS JSON sidecar next to a NIfTI file (``x.nii.gz`` -> ``x.json``)."""
+    p = Path(path)
+    name = p.name
+    for ext in (".nii.gz", ".nii", ".mgz"):
+        if name.endswith(ext):
+            return p.with_name(name[: -len(ext)] + ".json")
+    return p.with_suffix(".json")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """BIDS sidecar as a dict ({} when absent). EchoTime is in s, MagneticFieldStrength in T."""
+    sp = sidecar_path(path)
+    if not sp.exists():
+        return {}
+    try:
+        return json.loads(sp.read_text())
+    except (OSError, ValueError) as exc:
+        raise QSMInputError(str(sp), f"the JSON sidecar cannot be parsed ({exc})",
+                            "fix or remove the sidecar file") from exc
+
+
+def load_nifti(path: str | os.PathLike, ndim: int | None = 3, name: str | None = None) -> Volume:
+    """Load a NIfTI (or MGZ) file as float32 with its affine, header and sidecar.
+
+    ``ndim=3`` requires a 3D volume (a trailing singleton 4th axis is dropped),
+    ``ndim=4`` accepts 3D (made 4D with one echo) and 4D, ``None`` accepts either.
+    """
+    import nibabel as nib
+
+    label = name or str(path)
+    if not Path(path).exists():
+        raise QSMInputError(label, f"file not found: {path}", "check the path")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise QSMInputError(label, f"cannot read the image ({type(exc).__name__}: {exc})",
+                            "pass a valid NIfTI (.nii/.nii.gz) or MGZ file") from exc
+    if data.ndim == 4 and data.shape[3] == 1 and ndim == 3:
+        data = data[..., 0]
+    if ndim == 3 and data.ndim != 3:
+        raise QSMInputError(label, f"expected a 3D volume, got shape {data.shape} ({data.ndim}D)",
+                            "pass one 3D volume (for multi-echo data use `nextqsm pipeline`, or select one echo)")
+    if ndim == 4:
+        if data.ndim == 3:
+            data = data[..., None]
+        if data.ndim != 4:
+            raise QSMInputError(label, f"expected a 3D or 4D volume, got shape {data.shape}",
+                                "pass a 4D multi-echo NIfTI (echoes on the 4th axis) or one file per echo")
+    if data.ndim < 3:
+        raise QSMInputError(label, f"expected a 3D volume, got shape {data.shape}", "pass a 3D NIfTI volume")
+    vol = Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header.copy(),
+                 path=str(path), sidecar=read_sidecar(path))
+    zooms = img.header.get_zooms()[:3]
+    check_voxel_size(zooms, label)
+    return vol
+
+
+def _nifti_suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.endswith(".nii.gz") else (path.suffix or ".nii.gz")
+
+
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, header: Any = None,
+               dtype=np.float32, description: str | None = None) -> Path:
+    """Write ``data`` with ``affine`` (and a copy of ``header``) atomically: temp file in the same folder, then rename."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(data).astype(dtype, copy=False)
+    hdr = header.copy() if header is not None else None
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), header=hdr)
+    img.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    if hdr is not None and arr.ndim == 3:
+        img.header.set_data_shape(arr.shape)
+    img.header["scl_slope"] = np.nan
+    img.header["scl_inter"] = np.nan
+    if description:
+        img.header["descrip"] = description[:79].encode()
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp" + _nifti_suffix(path), dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def with_suffix_tag(path: str | os.PathLike, tag: str) -> Path:
+    """``out.nii.gz`` + ``_localfield`` -> ``out_localfield.nii.gz``."""
+    p = Path(path)
+    ext = _nifti_suffix(p) if p.name.endswith((".nii", ".nii.gz")) else p.suffix
+    stem = p.name[: -len(ext)] if ext else p.name
+    return p.with_name(stem + tag + ext)

@@ -1,0 +1,128 @@
+"""One pipeline function per named method; same input record in, same result record out.
+
+The CLI, the Slicer logic, the benchmarks and the tests all call :func:`run`.
+Methods live in ``nextqsm.methods.*`` and are registered in :data:`METHODS` by dotted path,
+so importing this module never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .errors import QSMInputError
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class QSMInput:
+    """Input record of every pipeline.
+
+    field: 3D float32 field in ppm, total (``kind='total'``) or local (``kind='local'``).
+    mask: 3D bool brain mask. voxel_size: mm (i, j, k). b0_dir: unit vector, voxel axes.
+    magnitude: optional 3D float32 (weights). device: 'auto' | 'cpu' | 'cuda'.
+    b0_t / te_s: only used where a method needs them (e.g. to report or weight in rad).
+    """
+
+    field: np.ndarray
+    mask: np.ndarray
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    b0_dir: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    kind: str = "total"
+    magnitude: Optional[np.ndarray] = None
+    device: str = "auto"
+    b0_t: float = 3.0
+    te_s: Optional[float] = None
+
+    def __post_init__(self):
+        if self.kind not in ("total", "local"):
+            raise QSMInputError("input kind", f"unknown kind {self.kind!r}", "use 'total' or 'local'")
+        self.field = np.asarray(self.field, dtype=np.float32)
+        self.mask = np.asarray(self.mask) > 0
+        if self.field.shape != self.mask.shape:
+            raise QSMInputError("mask", f"shape {self.mask.shape} does not match field shape {self.field.shape}",
+                                "resample the mask onto the field grid")
+
+
+@dataclass
+class QSMResult:
+    """Output record: chi [ppm] (3D float32, zero outside mask), local field [ppm] when computed."""
+
+    chi: np.ndarray
+    method: str
+    mask: np.ndarray
+    local_field: Optional[np.ndarray] = None
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    target: str  # "module:function"
+    description: str
+    needs_torch: bool = False
+
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in [
+    MethodInfo("nextqsm", "nextqsm.models.inference:run_nextqsm",
+               "NeXtQSM: U-Net background removal + variational-network inversion (trained weights)", True),
+    MethodInfo("tgv", "nextqsm.methods.tgv:run_tgv",
+               "TGV-QSM single-step (Langkammer 2015): background removal and inversion in one optimisation", True),
+    MethodInfo("vsharp-ilsqr", "nextqsm.methods.pipelines:run_vsharp_ilsqr",
+               "V-SHARP + iLSQR-style inversion (the STI Suite reference)"),
+    MethodInfo("vsharp-tv", "nextqsm.methods.pipelines:run_vsharp_tv", "V-SHARP + TV (ADMM)"),
+    MethodInfo("pdf-tv", "nextqsm.methods.pipelines:run_pdf_tv", "PDF + TV (ADMM)"),
+    MethodInfo("vsharp-l2", "nextqsm.methods.pipelines:run_vsharp_l2", "V-SHARP + closed-form L2 (gradient regularised)"),
+    MethodInfo("tkd", "nextqsm.methods.pipelines:run_tkd", "V-SHARP (for total fields) + TKD, threshold 0.19"),
+    MethodInfo("unet-baseline", "nextqsm.models.inference:run_unet_baseline",
+               "Model-agnostic baseline: plain U-Nets for background removal and inversion", True),
+]}
+
+
+def available_methods() -> list[str]:
+    """Registered method names whose implementation can be imported."""
+    out = []
+    for name, info in METHODS.items():
+        mod, _, fn = info.target.partition(":")
+        try:
+            if hasattr(importlib.import_module(mod), fn):
+                out.append(name)
+        except ImportError:
+            continue
+    return out
+
+
+def resolve(name: str) -> Callable[..., QSMResult]:
+    if name not in METHODS:
+        raise QSMInputError("--method", f"unknown method {name!r}", f"choose one of {', '.join(METHODS)}")
+    mod, _, fn = METHODS[name].target.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as exc:
+        raise QSMInputError("--method", f"method {name!r} is not available in this installation ({exc})",
+                            f"choose one of {', '.join(available_methods())}") from exc
+
+
+def run(name: str, inp: QSMInput, progress: ProgressFn | None = None, **params) -> QSMResult:
+    """Run the named method on ``inp``; fills timings['total'] and masks chi."""
+    fn = resolve(name)
+    t0 = time.perf_counter()
+    res = fn(inp, progress=progress, **params)
+    res.timings.setdefault("total", time.perf_counter() - t0)
+    res.chi = np.where(res.mask, res.chi, 0).astype(np.float32)
+    if res.local_field is not None:
+        res.local_field = np.where(res.mask, res.local_field, 0).astype(np.float32)
+    res.method = name
+    return res
+
+
+def report(progress: ProgressFn | None, frac: float, stage: str) -> None:
+    """Call ``progress`` if given (fractions in [0, 1])."""
+    if progress is not None:
+        progress(float(min(max(frac, 0.0), 1.0)), stage)
