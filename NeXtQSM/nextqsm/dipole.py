@@ -6,7 +6,8 @@ Kernel (k-space, continuous form sampled on the FFT grid):
 
 with k in cycles/mm along the voxel axes (so anisotropic voxels are exact) and b the
 unit B0 vector in voxel-axis coordinates (``geometry.b0_direction``).
-**D(0) convention**: ``D(0) = 0`` by default (the field has zero mean over the padded
+The kernel is made exactly Hermitian-symmetric on the periodic grid (only the Nyquist
+planes of even sizes change, and only for oblique B0). **D(0) convention**: ``D(0) = 0`` by default (the field has zero mean over the padded
 FOV, i.e. no Lorentz-sphere constant); pass ``dc=1/3`` for the Lorentz-sphere value.
 
 The forward model zero-pads chi (``pad`` voxels per side, default a quarter of each
@@ -49,6 +50,9 @@ def dipole_kernel(shape: Shape, voxel_size: Vec3 = (1.0, 1.0, 1.0), b0_dir: Vec3
     with np.errstate(invalid="ignore", divide="ignore"):
         d = 1.0 / 3.0 - kb ** 2 / k2
     d[0, 0, 0] = dc
+    # Hermitian symmetry D(k) = D(-k) on the periodic grid: for even sizes with oblique B0 the
+    # Nyquist planes have no mirror partner; averaging keeps the real-space kernel real.
+    d = 0.5 * (d + np.roll(np.flip(d), 1, axis=(0, 1, 2)))
     return d.astype(dtype)
 
 
@@ -95,6 +99,7 @@ def dipole_kernel_torch(shape: Shape, voxel_size: Vec3 = (1.0, 1.0, 1.0), b0_dir
     k2[0, 0, 0] = 1.0
     d = 1.0 / 3.0 - kb ** 2 / k2
     d[0, 0, 0] = dc
+    d = 0.5 * (d + torch.roll(torch.flip(d, dims=(0, 1, 2)), shifts=(1, 1, 1), dims=(0, 1, 2)))
     return d.to(dtype)
 
 

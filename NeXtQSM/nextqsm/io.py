@@ -87,9 +87,25 @@ def load_nifti(path: str | os.PathLike, ndim: int | None = 3, name: str | None =
         raise QSMInputError(label, f"expected a 3D volume, got shape {data.shape}", "pass a 3D NIfTI volume")
     vol = Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header.copy(),
                  path=str(path), sidecar=read_sidecar(path))
-    zooms = img.header.get_zooms()[:3]
-    check_voxel_size(zooms, label)
+    check_voxel_size(_raw_pixdim(path, img), label)
     return vol
+
+
+def _raw_pixdim(path, img) -> tuple[float, ...]:
+    """pixdim[1:4] as stored in the file (nibabel silently replaces zeros by 1 on load)."""
+    import gzip
+
+    import nibabel as nib
+
+    if isinstance(img, nib.Nifti1Image):
+        opener = gzip.open if str(path).endswith(".gz") else open
+        try:
+            with opener(str(path), "rb") as fh:
+                hdr = type(img.header).from_fileobj(fh, check=False)
+            return tuple(float(v) for v in hdr["pixdim"][1:4])
+        except Exception:  # fall back to the checked header
+            pass
+    return tuple(float(v) for v in img.header.get_zooms()[:3])
 
 
 def _nifti_suffix(path: Path) -> str:

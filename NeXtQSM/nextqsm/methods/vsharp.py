@@ -1,0 +1,107 @@
+"""V-SHARP background field removal (Wu et al. MRM 2012; Li et al. STI Suite; Schweser 2011 SHARP).
+
+The background field is harmonic inside the brain, so it is invariant under a spherical mean
+value (SMV) filter S_r there: (delta - S_r) * f removes it, in the voxels whose sphere of
+radius r lies inside the mask. V-SHARP uses a set of radii, from large to small: each voxel
+takes the high-passed field of the *largest* radius whose sphere still fits in the mask
+(big spheres deep inside, small ones near the edge), then the combined field is deconvolved
+by the high-pass kernel of the largest radius with a truncated-SVD threshold.
+
+Kernels are built in physical millimetres, so anisotropic voxels give true spheres.
+numpy/scipy (``scipy.fft`` real FFTs with all workers): ~5 s at 160^3 on 2 cores.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.fft as sfft
+
+from ..dipole import pad_array
+
+Vec3 = Sequence[float]
+
+
+def smv_kernel(shape: Sequence[int], voxel_size: Vec3, radius_mm: float) -> np.ndarray:
+    """Normalised spherical kernel (sum 1) of ``radius_mm`` on ``shape``, centred at voxel 0 (FFT order).
+
+    A voxel belongs to the sphere when its centre lies within ``radius_mm`` of the origin
+    (always at least the centre voxel).
+    """
+    coords = []
+    for ax, (n, d) in enumerate(zip(shape, voxel_size)):
+        idx = np.fft.fftfreq(int(n), d=1.0 / int(n))  # 0, 1, ..., -2, -1 (integer offsets)
+        coords.append((idx * float(d)).reshape([-1 if a == ax else 1 for a in range(3)]))
+    r2 = coords[0] ** 2 + coords[1] ** 2 + coords[2] ** 2
+    s = (r2 <= float(radius_mm) ** 2 + 1e-9).astype(np.float64)
+    return s / s.sum()
+
+
+def default_radii(voxel_size: Vec3, max_mm: float = 12.0) -> np.ndarray:
+    """Radii in mm from ``max_mm`` down to 1 mm in 1 mm steps (never below the largest voxel size)."""
+    r = np.arange(max_mm, 0, -1.0)
+    return r[r >= max(voxel_size) - 1e-6] if np.any(r >= max(voxel_size) - 1e-6) else np.array([max(voxel_size)])
+
+
+def vsharp(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0, 1.0),
+           radii_mm: Sequence[float] | None = None, threshold: float = 0.05,
+           pad: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the background field with V-SHARP.
+
+    Args:
+        total_field: 3D field [ppm] (i, j, k); only values inside ``mask`` are used.
+        mask: 3D bool brain mask.
+        voxel_size: mm (i, j, k).
+        radii_mm: SMV radii in mm; sorted descending internally (default 12, 11, ..., 1 mm,
+            Wu 2012 / STI Suite; radii smaller than the largest voxel size are dropped).
+        threshold: truncation of the deconvolution: Fourier coefficients of delta - S_rmax
+            with magnitude below ``threshold`` are set to zero (TSVD; 0.05 as in STI Suite).
+        pad: zero padding in voxels per side (default: ceil(max radius / voxel size) + 1), so
+            that the circular convolutions do not wrap.
+
+    Returns:
+        (local_field [ppm] float32, zero outside the eroded mask; eroded_mask bool) — the eroded
+        mask is the input mask eroded by the smallest radius, i.e. the voxels where the local
+        field is defined.
+    """
+    f = np.asarray(total_field, dtype=np.float64)
+    m = np.asarray(mask) > 0
+    vs = tuple(float(v) for v in voxel_size)
+    radii = np.sort(np.asarray(default_radii(vs) if radii_mm is None else radii_mm, dtype=np.float64))[::-1]
+    if radii.size == 0 or np.any(radii <= 0):
+        raise ValueError(f"radii_mm must be positive, got {list(radii)}")
+    if pad is None:
+        pad = [int(np.ceil(radii[0] / v)) + 1 for v in vs]
+    elif np.isscalar(pad):
+        pad = [int(pad)] * 3
+    pshape = tuple(sfft.next_fast_len(n + 2 * p, real=True) for n, p in zip(f.shape, pad))
+    fp, sl = pad_array(np.where(m, f, 0.0), pshape)
+    mp, _ = pad_array(m.astype(np.float64), pshape)
+
+    def rfft(x):
+        return sfft.rfftn(x, workers=-1)
+
+    def irfft(x):
+        return sfft.irfftn(x, s=pshape, workers=-1)
+
+    F = rfft(fp)
+    M = rfft(mp)
+    local = np.zeros(pshape, dtype=np.float64)
+    assigned = np.zeros(pshape, dtype=bool)
+    hp_inv = None
+    eroded = None
+    for i, r in enumerate(radii):
+        S = rfft(smv_kernel(pshape, vs, r)).real  # symmetric kernel: real spectrum
+        eroded = irfft(M * S) > 1.0 - 1e-6  # sphere of radius r fully inside the mask
+        hp = 1.0 - S
+        if i == 0:
+            keep = np.abs(hp) > threshold
+            hp_inv = np.where(keep, 1.0 / np.where(keep, hp, 1.0), 0.0)
+        new = eroded & ~assigned
+        if new.any():
+            local[new] = irfft(F * hp)[new]
+            assigned |= new
+    out = irfft(rfft(local) * hp_inv)
+    out = np.where(eroded, out, 0.0)[sl]
+    em = eroded[sl]
+    return out.astype(np.float32), em

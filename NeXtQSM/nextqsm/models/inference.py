@@ -1,0 +1,159 @@
+"""Inference with the shipped networks: ``run_nextqsm`` and ``run_unet_baseline`` (pipeline methods).
+
+Both take a :class:`nextqsm.pipeline.QSMInput` (field in ppm) and return a
+:class:`nextqsm.pipeline.QSMResult` (chi and local field in ppm).
+
+Steps: crop to the mask's bounding box plus ``margin`` voxels; (for ``kind='total'``)
+background removal with the U-Net; dipole inversion with the VN (NeXtQSM) or a plain U-Net
+(baseline); paste back into the full grid. The networks pad internally to their multiple
+(``2 ** depth``). The VN's data term zero-pads for the FFT (``pad`` voxels per side).
+
+Geometry: the VN data term uses the TRUE dipole kernel for ``inp.voxel_size`` and
+``inp.b0_dir`` (any oblique direction, anisotropic voxels). The U-Nets (background removal,
+the VN regulariser and the baseline inversion) are convolutional and see no geometry: they
+were trained on data from the hybrid generator with the B0 direction and voxel size that
+the generator draws (see the manifest's ``training.data``; the shipped weights were
+trained with B0 along the k axis, isotropic voxels). For oblique acquisitions the
+background U-Net therefore assumes a field pattern of B0 along k, and the VN's data
+consistency corrects the inversion with the true tilted kernel. The baseline has no data
+term and assumes B0 along k throughout.
+
+Device: ``device='auto'`` (or ``inp.device``) uses CUDA when available; a CUDA
+out-of-memory error falls back to the CPU (reported in ``result.device`` and
+``result.params['fallback']``). Large volumes are processed with the U-Net calls tiled
+(``tile`` voxels per side, overlap ``overlap``) while the FFT data term stays global.
+Everything runs under ``torch.inference_mode``. bf16/channels-last are not used: on the
+CPU they were not faster for these narrow 3D convolutions (see benchmarks/results_nextqsm.md).
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from ..errors import QSMInputError
+from ..pipeline import QSMInput, QSMResult, report
+from ..validation import check_finite
+
+
+def bbox(mask: np.ndarray, margin: int = 8) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels, clipped to the volume."""
+    idx = np.nonzero(mask)
+    if len(idx[0]) == 0:
+        raise QSMInputError("mask", "is empty (no voxel is 1)", "pass a mask that covers the brain")
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
+                 for i, n in zip(idx, mask.shape))
+
+
+def pick_device(device: Optional[str]) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QSMInputError("device", "CUDA was requested but no CUDA GPU is available", "use --device cpu or auto")
+    return device
+
+
+def _check(inp: QSMInput) -> None:
+    if inp.field.ndim != 3:
+        raise QSMInputError("field", f"expected a 3D volume, got shape {inp.field.shape}", "pass one 3D field map")
+    check_finite(inp.field, "field", inp.mask)
+    if not inp.mask.any():
+        raise QSMInputError("mask", "is empty (no voxel is 1)", "pass a mask that covers the brain")
+
+
+def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
+         overlap, max_voxels, method: str) -> QSMResult:
+    import torch
+
+    from .vn import VariationalNetwork
+    from .weights import load_model
+
+    _check(inp)
+    t0 = time.perf_counter()
+    dev = pick_device(device or inp.device)
+    report(progress, 0.02, "loading weights")
+    bfr_name, inv_name = names
+    bfr = load_model(bfr_name, weights_dir) if (bfr_name and inp.kind == "total") else None
+    inv = load_model(inv_name, weights_dir)
+    if isinstance(inv, VariationalNetwork) and pad is not None:
+        inv.pad = pad
+    timings = {"load": time.perf_counter() - t0}
+    sl = bbox(inp.mask, margin)
+    field = np.ascontiguousarray(inp.field[sl])
+    mask = inp.mask[sl]
+    nvox = int(np.prod(field.shape))
+
+    def attempt(dev: str):
+        bf, iv = (bfr.to(dev) if bfr is not None else None), inv.to(dev)
+        if tile is not None or nvox > max_voxels:  # tile the local U-Net calls; the FFT data term stays global
+            for net in (bf, iv):
+                if net is not None:
+                    net.tile = (int(tile or 128), int(overlap))
+        f = torch.from_numpy(field)[None, None].to(dev)
+        m = torch.from_numpy(mask.astype(np.float32))[None, None].to(dev)
+        t = {}
+        with torch.inference_mode():
+            if bf is not None:
+                report(progress, 0.1, "background-field removal (U-Net)")
+                ts = time.perf_counter()
+                lf = bf(f, m)
+                t["bfr"] = time.perf_counter() - ts
+            else:
+                lf = f * m
+            report(progress, 0.4, "dipole inversion")
+            ts = time.perf_counter()
+            chi = iv(lf, m, inp.voxel_size, inp.b0_dir) if isinstance(iv, VariationalNetwork) else iv(lf, m)
+            t["inversion"] = time.perf_counter() - ts
+        return chi[0, 0].float().cpu().numpy(), lf[0, 0].float().cpu().numpy(), t
+
+    params = {"margin": margin, "pad": pad, "tile": tile, "crop_shape": list(field.shape), "weights": [bfr_name, inv_name]}
+    try:
+        chi_c, lf_c, t = attempt(dev)
+    except torch.OutOfMemoryError:
+        if not dev.startswith("cuda"):
+            raise
+        torch.cuda.empty_cache()
+        params["fallback"] = "CUDA out of memory; ran on the CPU"
+        dev = "cpu"
+        chi_c, lf_c, t = attempt(dev)
+    timings.update(t)
+    chi = np.zeros(inp.field.shape, np.float32)
+    lf = np.zeros(inp.field.shape, np.float32)
+    chi[sl] = chi_c
+    lf[sl] = lf_c
+    chi *= inp.mask
+    lf *= inp.mask
+    timings["total"] = time.perf_counter() - t0
+    report(progress, 1.0, "done")
+    return QSMResult(chi=chi, method=method, mask=inp.mask, local_field=lf, timings=timings, device=dev, params=params)
+
+
+def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
+                pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
+                max_voxels: int = 24_000_000, **_ignored) -> QSMResult:
+    """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
+
+    Args:
+        inp: field (ppm, total or local), mask, voxel size (mm), B0 direction (voxel axes).
+        weights_dir: folder with ``manifest.json`` (default: the shipped weights).
+        device: 'auto' | 'cpu' | 'cuda' (default ``inp.device``); CUDA OOM falls back to the CPU.
+        margin: voxels kept around the mask's bounding box.
+        pad: zero padding (voxels per side) of the VN's FFT data term (``None``: a quarter of each size).
+        tile / overlap / max_voxels: U-Net calls are tiled with cubes of ``tile`` voxels (default 128
+            when the crop exceeds ``max_voxels``) and ``overlap`` voxels of context.
+    Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
+    """
+    return _run(inp, ("nextqsm-bfr", "nextqsm-vn"), progress, weights_dir, device, margin, pad, tile, overlap,
+                max_voxels, "nextqsm")
+
+
+def run_unet_baseline(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
+                      tile: Optional[int] = None, overlap: int = 16, max_voxels: int = 24_000_000,
+                      **_ignored) -> QSMResult:
+    """Model-agnostic baseline (SHARQnet + DeepQSM style): U-Net background removal then a U-Net
+    inversion, no data consistency. Same inputs/outputs as :func:`run_nextqsm`; assumes B0 along k."""
+    return _run(inp, ("baseline-bfr", "baseline-inv"), progress, weights_dir, device, margin, None, tile, overlap,
+                max_voxels, "unet-baseline")

@@ -1,0 +1,130 @@
+"""A small configurable 3D U-Net (PyTorch).
+
+Tensors are (B, C, i, j, k). The network pads its input internally to a multiple of
+``2 ** depth`` (replicate-free zero padding, centred) and crops the output back, so any
+spatial size works.
+
+Default choice (measured on the dev machines, see ``benchmarks/results_nextqsm.md``):
+narrow (``base=8``), ``depth=3``, no normalisation layer. Without normalisation and with
+``bias=False`` the network is positively homogeneous of degree 1 (``f(a x) = a f(x)``
+for ``a > 0``, LeakyReLU), which keeps it exactly scale-equivariant; it also avoids the
+train/test mismatch of instance/group statistics between small training patches and
+whole-volume inference. ``norm='instance'`` or ``'group'`` are available.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _norm(kind: str, ch: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm3d(ch, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(4, ch), ch)
+    if kind in ("none", None):
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r} (use 'none', 'instance' or 'group')")
+
+
+class ConvBlock(nn.Sequential):
+    """``n`` x (3x3x3 conv -> norm -> LeakyReLU(0.1))."""
+
+    def __init__(self, cin: int, cout: int, n: int = 2, norm: str = "none", bias: bool = False):
+        layers: list[nn.Module] = []
+        for i in range(n):
+            layers += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1, bias=bias),
+                       _norm(norm, cout), nn.LeakyReLU(0.1, inplace=True)]
+        super().__init__(*layers)
+
+
+class UNet3D(nn.Module):
+    """3D U-Net: ``in_ch`` -> ``out_ch`` channels, same spatial size as the input.
+
+    Args:
+        in_ch, out_ch: channels of input and output.
+        base: channels at the top level; level ``l`` has ``base * 2**l`` (capped at ``max_ch``).
+        depth: number of 2x down-samplings (the input is padded to a multiple of ``2**depth``).
+        convs: convolutions per block.
+        norm: 'none' | 'instance' | 'group'.
+        bias: conv biases (``False`` keeps the net positively homogeneous when ``norm='none'``).
+        residual: add the (first ``out_ch`` channels of the) input to the output.
+    """
+
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, base: int = 8, depth: int = 3, convs: int = 2,
+                 norm: str = "none", bias: bool = False, residual: bool = False, max_ch: int = 256):
+        super().__init__()
+        self.config = dict(in_ch=in_ch, out_ch=out_ch, base=base, depth=depth, convs=convs, norm=norm,
+                           bias=bias, residual=residual, max_ch=max_ch)
+        self.depth = depth
+        self.residual = residual
+        chs = [min(base * 2 ** level, max_ch) for level in range(depth + 1)]
+        self.enc = nn.ModuleList([ConvBlock(in_ch if l == 0 else chs[l - 1], chs[l], convs, norm, bias)
+                                  for l in range(depth)])
+        self.bottom = ConvBlock(chs[depth - 1] if depth else in_ch, chs[depth], convs, norm, bias)
+        self.up = nn.ModuleList([nn.ConvTranspose3d(chs[l + 1], chs[l], 2, stride=2, bias=bias)
+                                 for l in range(depth)])
+        self.dec = nn.ModuleList([ConvBlock(2 * chs[l], chs[l], convs, norm, bias) for l in range(depth)])
+        self.head = nn.Conv3d(chs[0], out_ch, 1, bias=bias)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(m.weight, a=0.1, nonlinearity="leaky_relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.head.weight, std=1e-3)  # start close to the identity / zero map
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** self.depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[-3:]
+        m = self.multiple
+        pads = []
+        for n in reversed(shape):
+            extra = (-n) % m
+            pads += [extra // 2, extra - extra // 2]
+        h = F.pad(x, pads) if any(pads) else x
+        skips = []
+        for enc in self.enc:
+            h = enc(h)
+            skips.append(h)
+            h = F.max_pool3d(h, 2)
+        h = self.bottom(h)
+        for l in reversed(range(self.depth)):
+            h = self.up[l](h)
+            h = self.dec[l](torch.cat([h, skips[l]], dim=1))
+        out = self.head(h)
+        if any(pads):
+            out = out[..., pads[4]:pads[4] + shape[0], pads[2]:pads[2] + shape[1], pads[0]:pads[0] + shape[2]]
+        if self.residual:
+            out = out + x[:, : out.shape[1]]
+        return out
+
+
+def tiled_apply(net, x: torch.Tensor, tile: int = 128, overlap: int = 16) -> torch.Tensor:
+    """Apply a local network (B, C, i, j, k) -> (B, C', i, j, k) tile by tile.
+
+    Tiles are cubes of at most ``tile`` voxels; each output voxel comes from the tile where it
+    lies at least ``overlap`` voxels from a cut (volume borders excepted), so the result matches
+    the untiled network wherever its effective receptive field is within ``overlap`` voxels.
+    """
+    shape = x.shape[-3:]
+    if all(n <= tile for n in shape):
+        return net(x)
+    core = max(tile - 2 * overlap, 8)
+    out = None
+    for a in range(0, shape[0], core):
+        for b in range(0, shape[1], core):
+            for c in range(0, shape[2], core):
+                st = (a, b, c)
+                lo = [max(s - overlap, 0) for s in st]
+                hi = [min(s + core + overlap, n) for s, n in zip(st, shape)]
+                y = net(x[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+                if out is None:
+                    out = x.new_zeros((*y.shape[:2], *shape))
+                e = [min(s + core, n) for s, n in zip(st, shape)]
+                out[..., a:e[0], b:e[1], c:e[2]] = y[..., a - lo[0]:e[0] - lo[0], b - lo[1]:e[1] - lo[1],
+                                                     c - lo[2]:e[2] - lo[2]]
+    return out

@@ -1,0 +1,227 @@
+"""NeXtQSM networks: variational network (VN) for dipole inversion and the U-Net wrappers.
+
+All public modules take and return **ppm** tensors (B, 1, i, j, k) and are *scale-aware*:
+each normalises its input inside the forward pass by a robust per-sample scale
+``s`` = standard deviation of the input inside the mask (:func:`robust_scale`), runs on
+``x / s`` and multiplies its output by ``s``. Scaling the input by ``a > 0`` therefore
+scales the output by ``a`` (exactly up to float rounding; tested to 1e-4 relative).
+
+VN (Lai et al. style learned proximal gradient, as in the NeXtQSM release)::
+
+    f  = local field / s            (masked)
+    x0 = f                          (chi initialised from the local field)
+    x_{t+1} = x_t - lambda_t * D^T M (D x_t - f) - R(x_t),   t = 0..S-1
+    chi = s * M x_S
+
+``D`` is the true dipole kernel (``nextqsm.dipole.dipole_kernel_torch``) of the volume's
+voxel size and B0 direction, applied on a zero-padded grid (``nextqsm.dipole.padded_shape``)
+so the convolution does not wrap around; ``D^T = D`` (real, even kernel) and the adjoint of
+pad-then-crop is pad-then-crop, so ``D^T M (D x - f)`` is the exact gradient of
+``0.5 ||M (D x - f)||^2``. ``lambda_t = softplus(rho_t)`` >= 0, initialised to 0.1.
+``R`` is ONE U-Net shared by all steps.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..dipole import dipole_kernel_torch, forward_field_torch, padded_shape
+from .unet import UNet3D, tiled_apply
+
+Vec3s = torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
+
+
+def robust_scale(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-sample scale (B, 1, 1, 1, 1): std of ``x`` inside ``mask`` (ppm), at least ``eps``."""
+    m = mask.to(x.dtype)
+    n = m.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(dim=(1, 2, 3, 4), keepdim=True) / n
+    var = (((x - mean) * m) ** 2).sum(dim=(1, 2, 3, 4), keepdim=True) / n
+    return var.sqrt().clamp_min(eps)
+
+
+def _per_sample(v: Vec3s, batch: int) -> list[tuple[float, float, float]]:
+    t = torch.as_tensor(v, dtype=torch.float64).reshape(-1, 3)
+    if t.shape[0] == 1:
+        t = t.expand(batch, 3)
+    if t.shape[0] != batch:
+        raise ValueError(f"expected {batch} vectors of 3, got shape {tuple(t.shape)}")
+    return [tuple(float(a) for a in row) for row in t.cpu()]
+
+
+def batch_kernels(shape: Sequence[int], voxel_size: Vec3s, b0_dir: Vec3s, batch: int, pad=None,
+                  device=None) -> torch.Tensor:
+    """Half-spectrum dipole kernels of the padded grid, (B or 1, 1, P0, P1, P2//2+1) float32.
+
+    The padded grid is :func:`even_padded_shape`; kernels come from ``nextqsm.dipole.dipole_kernel_torch``
+    for each sample's voxel size and B0 direction (shared when all samples agree).
+    """
+    pshape = even_padded_shape(shape, pad)
+    vs, bs = _per_sample(voxel_size, batch), _per_sample(b0_dir, batch)
+    cache: dict = {}
+    ks = []
+    for v, b in zip(vs, bs):
+        if (v, b) not in cache:
+            cache[(v, b)] = half_kernel(dipole_kernel_torch(pshape, v, b, device=device))
+        ks.append(cache[(v, b)])
+    if len(cache) == 1:
+        return ks[0][None, None]
+    return torch.stack(ks)[:, None]
+
+
+def _call(net, x: torch.Tensor, ckpt: bool, tile: tuple[int, int] | None) -> torch.Tensor:
+    """net(x), with gradient checkpointing (training) or tiling (inference) when asked."""
+    if ckpt and torch.is_grad_enabled():
+        return checkpoint(net, x, use_reentrant=False)
+    if tile is not None:
+        return tiled_apply(net, x, *tile)
+    return net(x)
+
+
+def half_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """Restrict a full FFT-order kernel (..., P0, P1, P2) to the rfft half spectrum (..., P0, P1, P2//2+1).
+
+    ``P2`` must be even (see :func:`even_padded_shape`) so that :func:`dipole_conv` can recover it.
+    """
+    return kernel[..., : kernel.shape[-1] // 2 + 1]
+
+
+def dipole_conv(x: torch.Tensor, khalf: torch.Tensor, pshape: Sequence[int] | None = None) -> torch.Tensor:
+    """Field [ppm] of ``x`` [ppm] (..., i, j, k): zero-pad centrally to the padded grid, multiply by D, crop.
+
+    ``khalf`` is the rfft half spectrum of the kernel of the padded grid ``pshape`` (default: the
+    padded shape is (khalf.shape[-3], khalf.shape[-2], 2 * (khalf.shape[-1] - 1)), i.e. an even last axis).
+    The same operation is its own adjoint (D real and even, crop = pad^T).
+    """
+    shape = x.shape[-3:]
+    if pshape is None:
+        pshape = (khalf.shape[-3], khalf.shape[-2], 2 * (khalf.shape[-1] - 1))
+    before = [(t - n) // 2 for n, t in zip(shape, pshape)]
+    widths: list[int] = []
+    for b, n, t in reversed(list(zip(before, shape, pshape))):
+        widths += [b, t - n - b]
+    xp = F.pad(x, widths)
+    y = torch.fft.irfftn(torch.fft.rfftn(xp, dim=(-3, -2, -1)) * khalf, s=tuple(pshape), dim=(-3, -2, -1))
+    return y[..., before[0]:before[0] + shape[0], before[1]:before[1] + shape[1], before[2]:before[2] + shape[2]]
+
+
+def even_padded_shape(shape: Sequence[int], pad=None) -> tuple[int, ...]:
+    """``nextqsm.dipole.padded_shape`` with the last axis made even (needed by :func:`dipole_conv`)."""
+    p = list(padded_shape(shape, pad))
+    if p[-1] % 2:
+        p[-1] = padded_shape([p[-1] + 1], 0)[0]
+        while p[-1] % 2:
+            p[-1] = padded_shape([p[-1] + 1], 0)[0]
+    return tuple(p)
+
+
+class VariationalNetwork(nn.Module):
+    """Local field [ppm] -> chi [ppm]; ``steps`` unrolled proximal-gradient steps, one shared U-Net.
+
+    Args:
+        steps: number of unrolled steps S (release: 6).
+        unet: kwargs of the shared regulariser :class:`UNet3D` (1 -> 1 channels).
+        lambda_init: initial data-term step size of every step (0.1), kept >= 0 by softplus.
+        pad: zero padding (voxels per side) for the dipole convolution; ``None`` = ``padded_shape`` default.
+        checkpointing: gradient checkpointing of the regulariser (saves memory while training).
+    """
+
+    def __init__(self, steps: int = 6, unet: dict | None = None, lambda_init: float = 0.1, pad=None,
+                 checkpointing: bool = False):
+        super().__init__()
+        unet = dict(unet or {})
+        unet.setdefault("in_ch", 1)
+        unet.setdefault("out_ch", 1)
+        self.config = dict(steps=steps, unet=unet, lambda_init=lambda_init, pad=pad)
+        self.steps = steps
+        self.pad = pad
+        self.checkpointing = checkpointing
+        self.tile: tuple[int, int] | None = None  # (tile, overlap): tiled regulariser calls at inference
+        self.reg = UNet3D(**unet)
+        rho = math.log(math.expm1(lambda_init))  # softplus^-1
+        self.rho = nn.Parameter(torch.full((steps,), rho, dtype=torch.float32))
+
+    @property
+    def multiple(self) -> int:
+        return self.reg.multiple
+
+    @property
+    def lambdas(self) -> torch.Tensor:
+        return F.softplus(self.rho)
+
+    def data_grad(self, x: torch.Tensor, f: torch.Tensor, m: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """D^T M (D x - f): analytic gradient of 0.5 ||M (D x - f)||^2 (zero-padded FFT convolution).
+
+        ``kernel`` is the half spectrum (last axis ``n // 2 + 1``) of the padded-grid kernel, see
+        :func:`half_kernel`; real FFTs halve the cost of the full complex FFT.
+        """
+        r = m * (dipole_conv(x, kernel) - f)
+        return dipole_conv(r, kernel)
+
+    def forward(self, field: torch.Tensor, mask: torch.Tensor, voxel_size: Vec3s = (1.0, 1.0, 1.0),
+                b0_dir: Vec3s = (0.0, 0.0, 1.0), kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """field: local field (B, 1, i, j, k) ppm; mask (B, 1, i, j, k) {0,1}; returns chi (B, 1, i, j, k) ppm.
+
+        voxel_size (mm) and b0_dir (unit, voxel axes) are one 3-vector or one per sample (B, 3).
+        """
+        m = mask.to(field.dtype)
+        s = robust_scale(field, m)
+        f = field / s * m
+        if kernel is None:
+            kernel = batch_kernels(field.shape[-3:], voxel_size, b0_dir, field.shape[0], self.pad, field.device)
+        lam = self.lambdas
+        x = f
+        for t in range(self.steps):
+            g = self.data_grad(x, f, m, kernel)
+            r = _call(self.reg, x, self.checkpointing and self.training, self.tile)
+            x = x - lam[t] * g - r
+        return x * s * m
+
+
+class ScaledUNet(nn.Module):
+    """U-Net mapping one ppm map to another, normalised inside by :func:`robust_scale` of its input.
+
+    Used for background-field removal (total field -> local field, ``residual=False``) and for
+    the model-agnostic baseline inversion (local field -> chi).
+    """
+
+    def __init__(self, unet: dict | None = None, checkpointing: bool = False):
+        super().__init__()
+        unet = dict(unet or {})
+        unet.setdefault("in_ch", 1)
+        unet.setdefault("out_ch", 1)
+        self.config = dict(unet=unet)
+        self.net = UNet3D(**unet)
+        self.checkpointing = checkpointing
+        self.tile: tuple[int, int] | None = None  # (tile, overlap): tiled U-Net calls at inference
+
+    @property
+    def multiple(self) -> int:
+        return self.net.multiple
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *unused) -> torch.Tensor:
+        """x (B, 1, i, j, k) ppm, mask (B, 1, i, j, k); returns (B, 1, i, j, k) ppm, zero outside the mask."""
+        m = mask.to(x.dtype)
+        s = robust_scale(x, m)
+        h = x / s * m
+        y = _call(self.net, h, self.checkpointing and self.training, self.tile)
+        return y * s * m
+
+
+class NeXtQSM(nn.Module):
+    """Background-field U-Net followed by the VN: total field [ppm] -> (chi, local field) [ppm]."""
+
+    def __init__(self, bfr: dict | None = None, vn: dict | None = None, checkpointing: bool = False):
+        super().__init__()
+        self.bfr = ScaledUNet(bfr, checkpointing)
+        self.vn = VariationalNetwork(**(vn or {}), checkpointing=checkpointing)
+
+    def forward(self, total: torch.Tensor, mask: torch.Tensor, voxel_size: Vec3s = (1.0, 1.0, 1.0),
+                b0_dir: Vec3s = (0.0, 0.0, 1.0)):
+        lf = self.bfr(total, mask)
+        return self.vn(lf, mask, voxel_size, b0_dir), lf

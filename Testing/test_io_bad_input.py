@@ -1,0 +1,168 @@
+"""Every bad-input case gets a QSMInputError naming the file, the problem and the fix,
+and nothing partial is left on disk. Runs the real CLI in-process on real NIfTI files."""
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from nextqsm.cli import main
+from nextqsm.errors import QSMInputError
+from nextqsm.io import load_nifti, read_sidecar, save_nifti, with_suffix_tag
+
+AFF = np.diag([1.5, 1.5, 2.0, 1.0])
+
+
+def _write(path, data, affine=AFF):
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def good(tmp_path):
+    rng = np.random.default_rng(0)
+    field = (rng.standard_normal((20, 20, 16)) * 0.02).astype(np.float32)
+    mask = np.zeros((20, 20, 16), np.float32)
+    mask[4:16, 4:16, 3:13] = 1
+    return tmp_path, field, mask
+
+
+def run_cli(tmp_path, field_file, mask_file, *extra):
+    out = tmp_path / "out" / "chi.nii.gz"
+    code = main([field_file, mask_file, str(out), "--method", "tkd", "--input", "local", "--quiet", *extra])
+    return code, out
+
+
+def assert_fails(capsys, tmp_path, field_file, mask_file, *patterns, extra=()):
+    code, out = run_cli(tmp_path, field_file, mask_file, *extra)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Fix:" in err
+    for p in patterns:
+        assert p.lower() in err.lower(), err
+    # nothing partial on disk
+    assert not out.exists()
+    if out.parent.exists():
+        assert os.listdir(out.parent) == []
+    return err
+
+
+def test_good_input_runs(good, capsys):
+    tmp, field, mask = good
+    code, out = run_cli(tmp, _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask))
+    assert code == 0, capsys.readouterr().err
+    img = nib.load(str(out))
+    assert np.allclose(img.affine, AFF) and img.shape == field.shape
+    assert sorted(os.listdir(out.parent)) == ["chi.nii.gz"]  # TKD on a local field computes no local field
+
+
+def test_nan(good, capsys):
+    tmp, field, mask = good
+    field[10, 10, 8] = np.nan
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask), "f.nii.gz", "NaN")
+
+
+def test_inf(good, capsys):
+    tmp, field, mask = good
+    field[10, 10, 8] = np.inf
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask), "NaN/Inf")
+
+
+def test_shape_mismatch(good, capsys):
+    tmp, field, mask = good
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask[:, :, :10]),
+                 "m.nii.gz", "does not match", "resample")
+
+
+def test_affine_mismatch(good, capsys):
+    tmp, field, mask = good
+    aff2 = AFF.copy()
+    aff2[0, 3] = 5.0
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask, aff2),
+                 "affine", "same grid")
+
+
+def test_empty_mask(good, capsys):
+    tmp, field, mask = good
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask * 0), "empty")
+
+
+def test_non_binary_mask(good, capsys):
+    tmp, field, mask = good
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask * 0.5), "not binary")
+
+
+def test_4d_where_3d_expected(good, capsys):
+    tmp, field, mask = good
+    f4 = np.stack([field, field], axis=-1)
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", f4), _write(tmp / "m.nii.gz", mask), "3D", "4D")
+
+
+def test_radians_where_ppm_expected(good, capsys):
+    tmp, field, mask = good
+    ff = _write(tmp / "f.nii.gz", field * 150)  # +-3 rad-like range
+    assert_fails(capsys, tmp, ff, _write(tmp / "m.nii.gz", mask), "radians", "allow-any-range")
+    code, out = run_cli(tmp, ff, str(tmp / "m.nii.gz"), "--allow-any-range")  # the override works
+    assert code == 0 and out.exists()
+
+
+def test_hz_where_ppm_expected(good, capsys):
+    tmp, field, mask = good
+    assert_fails(capsys, tmp, _write(tmp / "f.nii.gz", field * 5000), _write(tmp / "m.nii.gz", mask), "Hz")
+
+
+def test_zero_voxel_size(good, capsys):
+    tmp, field, mask = good
+    img = nib.Nifti1Image(field, AFF)
+    img.header.set_zooms((0.0, 1.5, 2.0))
+    nib.save(img, str(tmp / "f.nii.gz"))
+    assert_fails(capsys, tmp, str(tmp / "f.nii.gz"), _write(tmp / "m.nii.gz", mask), "voxel size")
+
+
+def test_unreadable_file(good, capsys):
+    tmp, field, mask = good
+    (tmp / "f.nii.gz").write_bytes(b"this is not a nifti file")
+    assert_fails(capsys, tmp, str(tmp / "f.nii.gz"), _write(tmp / "m.nii.gz", mask), "cannot read")
+
+
+def test_missing_file(good, capsys):
+    tmp, field, mask = good
+    assert_fails(capsys, tmp, str(tmp / "nope.nii.gz"), _write(tmp / "m.nii.gz", mask), "not found")
+
+
+def test_unknown_method_and_b0(good, capsys):
+    tmp, field, mask = good
+    ff, mf = _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask)
+    out = tmp / "o.nii.gz"
+    assert main([ff, mf, str(out), "--method", "magic", "--quiet"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main([ff, mf, str(out), "--method", "tkd", "--input", "local", "--b0-dir", "0", "0", "0", "--quiet"]) == 2
+    assert "B0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_atomic_save_leaves_nothing_on_failure(tmp_path):
+    (tmp_path / "x.nii.gz").mkdir()  # the final rename onto a directory fails after the temp file is written
+    with pytest.raises(OSError):
+        save_nifti(np.zeros((4, 4, 4), np.float32), np.eye(4), tmp_path / "x.nii.gz")
+    assert os.listdir(tmp_path) == ["x.nii.gz"] and os.listdir(tmp_path / "x.nii.gz") == []
+
+
+def test_io_roundtrip_4d_and_sidecar(tmp_path):
+    data = np.random.default_rng(0).standard_normal((6, 7, 8, 3)).astype(np.float32)
+    p = tmp_path / "sub-01_part-phase_MEGRE.nii.gz"
+    _write(p, data)
+    (tmp_path / "sub-01_part-phase_MEGRE.json").write_text(json.dumps({"EchoTime": 0.02, "MagneticFieldStrength": 3}))
+    v = load_nifti(p, ndim=4)
+    assert v.data.shape == (6, 7, 8, 3) and v.sidecar["EchoTime"] == 0.02
+    assert read_sidecar(p)["MagneticFieldStrength"] == 3
+    with pytest.raises(QSMInputError, match="3D"):
+        load_nifti(p, ndim=3)
+    out = save_nifti(v.data[..., 0], v.affine, tmp_path / "o.nii.gz", header=v.header)
+    back = load_nifti(out)
+    np.testing.assert_array_equal(back.data, data[..., 0])
+    assert np.allclose(back.affine, AFF)
+    assert with_suffix_tag("a/out.nii.gz", "_localfield").name == "out_localfield.nii.gz"
