@@ -117,14 +117,21 @@ def kill_process_tree(pid: int, timeout: float = 5.0) -> list[int]:
 class Job:
     """One worker run. Create with a request dict, then :meth:`start`.
 
+    ``work_dir``: folder for the request and outputs (a new temporary folder by default);
+    ``own_dir``: whether :meth:`cleanup` removes the whole folder (default: when it was created here).
+    ``args``: run ``python *args`` (e.g. ``["-m", "nextqsm_training.cli", "fit", ...]``) instead of
+    the QSM worker; it succeeds on exit code 0 and may print the same ``PROGRESS`` lines.
+
     Signals (emitted from :meth:`poll`, i.e. in the owner's thread):
     ``progressChanged(fraction, stage)``, ``logReceived(line)``, ``finished(job)``.
     """
 
     def __init__(self, request: dict, work_dir: Optional[str | os.PathLike] = None,
-                 python: Optional[str] = None, keep_log_lines: int = 200) -> None:
+                 python: Optional[str] = None, keep_log_lines: int = 200, own_dir: Optional[bool] = None,
+                 args: Optional[list[str]] = None) -> None:
         self.request = dict(request)
-        self._own_dir = work_dir is None
+        self.args = list(args) if args is not None else None  # run `python *args` instead of the worker
+        self._own_dir = (work_dir is None) if own_dir is None else bool(own_dir)
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="nextqsm_job_"))
         self.out_dir = self.work_dir / "out"
         self.python = python or worker_python()
@@ -159,19 +166,22 @@ class Job:
         if self.state != PENDING:
             raise RuntimeError(f"job already {self.state}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.request.setdefault("out_dir", str(self.out_dir))
-        req_path = self.work_dir / "request.json"
-        tmp = req_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.request, indent=2))
-        os.replace(tmp, req_path)
-        cmd = [self.python, "-m", "nextqsm.worker", str(req_path)]
+        if self.args is not None:
+            cmd = [self.python, *self.args]
+        else:
+            self.request.setdefault("out_dir", str(self.out_dir))
+            req_path = self.work_dir / "request.json"
+            tmp = req_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.request, indent=2))
+            os.replace(tmp, req_path)
+            cmd = [self.python, "-m", "nextqsm.worker", str(req_path)]
         kwargs: dict[str, Any] = {}
         if os.name == "posix":
             kwargs["start_new_session"] = True  # own process group: cancel can reach every descendant
         else:
             kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env=worker_env(), cwd=str(self.work_dir), text=True, bufsize=1,
+                                      env=worker_env(), cwd=str(self.work_dir) if self.args is None else None, text=True, bufsize=1,
                                       encoding="utf-8", errors="replace", **kwargs)
         self.state = RUNNING
         self.started_at = time.monotonic()
@@ -232,6 +242,8 @@ class Job:
         if self._cancel_requested:
             self.state = CANCELLED
             self.error = "cancelled"
+        elif rc == 0 and self.args is not None:
+            self.state, self.progress, self.result = SUCCEEDED, 1.0, {}
         elif rc == 0 and result_path.exists():
             try:
                 self.result = json.loads(result_path.read_text())

@@ -317,6 +317,7 @@ def label_array(node, reference) -> tuple[np.ndarray, dict[int, str]]:
         if ids.GetNumberOfValues() == 0:
             raise QSMInputError(node.GetName(), "has no segments", "add at least one segment")
         names = {i + 1: seg.GetSegment(ids.GetValue(i)).GetName() for i in range(ids.GetNumberOfValues())}
+        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__nextqsm_tmp_labels")
         try:
             ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(node, ids, tmp, reference)
@@ -325,7 +326,11 @@ def label_array(node, reference) -> tuple[np.ndarray, dict[int, str]]:
                                     "check that the segmentation overlaps the volume")
             labels = array_from_volume(tmp).astype(np.int32)
         finally:
-            _remove_with_display(scene, tmp)
+            # remove the temporary labelmap and what the export added (display, color table)
+            new = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+            for n in new:
+                if n.GetID() not in before and not n.IsA("vtkMRMLSubjectHierarchyNode"):
+                    scene.RemoveNode(n)
         return labels, names
     if node.IsA("vtkMRMLVolumeNode"):
         if not np.allclose(world_ijk_to_ras(node), world_ijk_to_ras(reference), atol=1e-2) or \
@@ -407,6 +412,10 @@ def rows_from_table(node) -> list[dict]:
     return out
 
 
+_PALETTE = [(0.90, 0.30, 0.20), (0.30, 0.60, 0.90), (0.40, 0.70, 0.30), (0.95, 0.75, 0.20),
+            (0.60, 0.40, 0.80), (0.50, 0.50, 0.50), (0.20, 0.80, 0.80), (0.90, 0.50, 0.70)]
+
+
 def bar_chart(scene, table_node, label_column: str, value_columns: list[str], name: str,
               y_title: str = "mean chi [ppm]") -> Any:
     """vtkMRMLPlotChartNode with one bar series per value column, categories from ``label_column``."""
@@ -418,7 +427,7 @@ def bar_chart(scene, table_node, label_column: str, value_columns: list[str], na
         s.SetLabelColumnName(label_column)
         s.SetYColumnName(col)
         s.SetPlotType(s.PlotTypeBar)
-        s.SetUniqueColor()
+        s.SetColor(*_PALETTE[i % len(_PALETTE)])
         chart.AddAndObservePlotSeriesNodeID(s.GetID())
     chart.SetTitle(name)
     chart.SetXAxisTitle("ROI")

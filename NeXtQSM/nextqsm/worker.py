@@ -10,7 +10,8 @@ Request (JSON):
 ``action``        "run" (default) or "info" (devices, torch version, CUDA build, memory).
 ``out_dir``       folder for the outputs (the job runner sets it).
 ``phase``         NIfTI path, 3D or 4D (i, j, k, echo); the affine is the node's IJKToRAS.
-``phase_units``   "wrapped_rad" | "unwrapped_rad" | "hz" | "ppm".
+``phase_units``   "wrapped_rad" | "unwrapped_rad" | "hz" | "ppm"; ``phase_sign`` +1 (default) or -1
+                  (scanners that store the conjugate); ``unwrapper`` "region" (default) | "laplacian".
 ``field_kind``    "total" (default) or "local" (the field is already background-free).
 ``te_s``          echo times in seconds (one per echo; needed for rad).
 ``b0_t``          field strength in tesla.
@@ -25,7 +26,6 @@ Request (JSON):
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -135,27 +135,15 @@ def _fit_field_rad_per_s(phase: np.ndarray, te_s: np.ndarray, weights: Optional[
     return (np.sum(w * phase * te, axis=-1) / np.maximum(np.sum(w * te * te, axis=-1), 1e-30)).astype(np.float32)
 
 
-def _unwrap(phase: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
-    """Spatial unwrapping of one echo (rad). Uses the project's unwrapper when present, else scikit-image."""
-    try:  # the classical-methods engineer's unwrapper (issue 3), when available
-        from .methods import unwrap as _uw  # type: ignore[attr-defined]
-
-        fn = getattr(_uw, "unwrap", None) or getattr(_uw, "unwrap_phase", None)
-        if fn is not None:
-            return np.asarray(fn(phase, mask) if mask is not None else fn(phase), np.float32)
-    except ImportError:
-        pass
-    from skimage.restoration import unwrap_phase
-
-    return np.asarray(unwrap_phase(phase.astype(np.float64)), np.float32)
-
-
 def total_field_ppm(phase: np.ndarray, units: str, te_s, b0_t: float, magnitude: Optional[np.ndarray] = None,
-                    mask: Optional[np.ndarray] = None, progress=None) -> np.ndarray:
+                    mask: Optional[np.ndarray] = None, voxel_size=(1.0, 1.0, 1.0), sign: int = 1,
+                    unwrapper: str = "region", progress=None) -> np.ndarray:
     """Field [ppm] (i, j, k) from phase (i, j, k, echo) in ``units``.
 
-    wrapped_rad: each echo unwrapped spatially, then the weighted (magnitude^2) least-squares
-    slope of phase vs TE through the origin; unwrapped_rad: the same slope; hz/ppm: echoes averaged.
+    wrapped_rad: ``nextqsm.methods.echofit.fit_total_field`` (spatial + temporal unwrapping,
+    MCPC-3D-S phase offset, magnitude^2-weighted least squares; needs the mask);
+    unwrapped_rad: the weighted least-squares slope of phase vs TE through the origin;
+    hz / ppm: echoes averaged, Hz converted with gamma * B0.
     """
     from .units import hz_to_ppm, rad_to_ppm
 
@@ -175,36 +163,28 @@ def total_field_ppm(phase: np.ndarray, units: str, te_s, b0_t: float, magnitude:
     if np.any(te <= 0) or np.any(te > 1.0):
         raise QSMInputError("echo times", f"echo times must be in seconds in (0, 1], got {te.tolist()}",
                             "give TE in seconds (the module converts ms)")
-    ph = phase.astype(np.float32)
-    if units == "wrapped_rad":
-        out = np.empty_like(ph)
-        for e in range(n_echo):
-            if progress:
-                progress(e / n_echo, f"unwrapping echo {e + 1}/{n_echo}")
-            out[..., e] = _unwrap(ph[..., e], mask)
-        ph = out
-    w = None
+    mag = None
     if magnitude is not None:
-        w = magnitude if magnitude.ndim == 4 else np.repeat(magnitude[..., None], n_echo, axis=-1)
-        if w.shape != ph.shape:
-            w = None
-    slope = _fit_field_rad_per_s(ph, te, w)  # rad/s
+        mag = magnitude if magnitude.ndim == 4 else np.repeat(magnitude[..., None], n_echo, axis=-1)
+        if mag.shape != phase.shape:
+            mag = None
+    if units == "wrapped_rad":
+        from .methods.echofit import fit_total_field
+
+        if mask is None:
+            raise QSMInputError("mask", "wrapped phase needs a mask (or a magnitude to compute one)",
+                                "select a brain mask or a magnitude volume")
+        if progress:
+            progress(0.0, f"unwrapping and fitting {n_echo} echo(es)")
+        field, _ = fit_total_field(phase, te.tolist(), b0_t, mask, magnitude=mag, voxel_size=voxel_size,
+                                   unwrapper=unwrapper, sign=sign)
+        return np.asarray(field, np.float32)
+    slope = _fit_field_rad_per_s(sign * phase.astype(np.float32), te, mag)  # rad/s
     return rad_to_ppm(slope, 1.0, b0_t).astype(np.float32)  # rad/s over 1 s -> ppm
 
 
 def auto_mask(magnitude: np.ndarray) -> np.ndarray:
-    """Brain mask from the magnitude: Otsu threshold, hole filling, largest component, one erosion.
-
-    Uses the project's masking function (``nextqsm.methods.mask``) when present.
-    """
-    try:
-        from .methods import mask as _mk  # type: ignore[attr-defined]
-
-        fn = getattr(_mk, "brain_mask", None) or getattr(_mk, "mask_from_magnitude", None)
-        if fn is not None:
-            return np.asarray(fn(magnitude)) > 0
-    except ImportError:
-        pass
+    """Brain mask from the magnitude: Otsu threshold, hole filling, largest component, one erosion."""
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
@@ -277,7 +257,8 @@ def run_request(req: dict, progress=None) -> dict:
     te = req.get("te_s")
     b0_t = float(req.get("b0_t", 3.0))
     check_finite(ph.data, "phase")
-    field = total_field_ppm(ph.data, units, te, b0_t, magnitude=mag, mask=mask,
+    field = total_field_ppm(ph.data, units, te, b0_t, magnitude=mag, mask=mask, voxel_size=vs,
+                            sign=int(req.get("phase_sign", 1)), unwrapper=req.get("unwrapper", "region"),
                             progress=scaled(progress, 0.05, 0.15, ""))
     bdir = b0_direction(affine, req.get("b0_dir"))
     te_s = float(np.atleast_1d(te)[0]) if te else None

@@ -49,13 +49,23 @@ class LabelVolume:
         return np.array([is_brain_label(c) for c in self.codes], bool)
 
     def brain_centre_mm(self) -> np.ndarray:
-        """Centroid of the brain labels in mm from voxel (0, 0, 0)."""
+        """Centroid of the brain labels in mm from voxel (0, 0, 0) (computed once)."""
+        if getattr(self, "_centre", None) is None:
+            self._centre = self._brain_centre()
+        return self._centre.copy()
+
+    def _brain_centre(self) -> np.ndarray:
         b = self.brain_index_mask[self.idx]
         pts = np.nonzero(b)
         return np.array([p.mean() for p in pts]) * np.asarray(self.voxel_size)
 
     def brain_extent_mm(self) -> np.ndarray:
-        """Bounding-box size of the brain labels in mm (3,)."""
+        """Bounding-box size of the brain labels in mm (3,) (computed once)."""
+        if getattr(self, "_extent", None) is None:
+            self._extent = self._brain_extent()
+        return self._extent.copy()
+
+    def _brain_extent(self) -> np.ndarray:
         b = self.brain_index_mask[self.idx]
         ext = []
         for ax in range(3):
@@ -65,13 +75,22 @@ class LabelVolume:
 
 
 def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    codes, inv = np.unique(labels, return_inverse=True)
-    if 0 not in codes:
+    """(uint8 indices, codes) with codes[0] == 0; a lookup table instead of a sort (fast)."""
+    from nextqsm.errors import QSMInputError
+
+    lo = int(labels.min())
+    if lo < 0:
+        raise QSMInputError("label map", "it has negative labels", "pass a FreeSurfer/SynthSeg segmentation")
+    hist = np.bincount(labels.ravel())
+    codes = np.nonzero(hist)[0]
+    if codes[0] != 0:
         codes = np.concatenate([[0], codes])
-        inv = inv + 1
     if len(codes) > 255:
-        raise ValueError(f"too many labels ({len(codes)})")
-    return inv.reshape(labels.shape).astype(np.uint8), codes.astype(np.int32)
+        raise QSMInputError("label map", f"it has {len(codes)} distinct labels (max 255)",
+                            "merge labels (e.g. use aseg instead of a fine parcellation)")
+    lut = np.zeros(hist.size, np.uint8)
+    lut[codes] = np.arange(len(codes), dtype=np.uint8)
+    return lut[labels], codes.astype(np.int32)
 
 
 def _crop(labels: np.ndarray, margin: int) -> np.ndarray:
@@ -129,8 +148,13 @@ def add_head_shells(labels: np.ndarray, voxel_size: Sequence[float]) -> np.ndarr
     return out
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def _cached_volume(kind: str, key: str, stride: int) -> LabelVolume:
+    if stride > 1:   # strided copies come from the cached full-resolution volume
+        v = _cached_volume(kind, key, 1)
+        o = stride // 2
+        return LabelVolume(np.ascontiguousarray(v.idx[o::stride, o::stride, o::stride]), v.codes,
+                           tuple(x * stride for x in v.voxel_size), v.name)
     if kind == "synthseg":
         labels, vs = load_label_file(synthseg_path(int(key)))
         name = f"synthseg_{int(key):02d}"
@@ -145,10 +169,6 @@ def _cached_volume(kind: str, key: str, stride: int) -> LabelVolume:
     else:
         raise ValueError(kind)
     labels = _crop(labels, margin=4)
-    if stride > 1:
-        o = stride // 2
-        labels = labels[o::stride, o::stride, o::stride]
-        vs = tuple(v * stride for v in vs)
     idx, codes = _compact(labels)
     return LabelVolume(np.ascontiguousarray(idx), codes, tuple(float(v) for v in vs), name)
 
@@ -178,7 +198,7 @@ class LabelSource:
         return _cached_volume(self.kind, self.key, int(stride))
 
     def native_voxel_size(self) -> float:
-        return 1.5 if self.kind == "procedural" else 1.0
+        return 2.0 if self.kind == "procedural" else 1.0
 
 
 N_PROCEDURAL = 8
@@ -238,13 +258,15 @@ def _ellipsoid(x, y, z, c, r):
 
 
 def _smooth_noise(rng, shape, low: int, amp: float) -> np.ndarray:
-    from scipy import ndimage as ndi
+    """Gaussian noise on a ``low``^3 grid, trilinearly upsampled to ``shape``, times ``amp``."""
+    import torch
+    import torch.nn.functional as F
 
-    n = rng.standard_normal((low, low, low))
-    return (ndi.zoom(n, [s / low for s in shape], order=3)[: shape[0], : shape[1], : shape[2]] * amp).astype(np.float32)
+    n = torch.from_numpy(rng.standard_normal((1, 1, low, low, low)).astype(np.float32))
+    return (F.interpolate(n, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0].numpy() * amp)
 
 
-def procedural_head(variant: int = 0, n: int = 144, voxel_mm: float = 1.5) -> tuple[np.ndarray, tuple]:
+def procedural_head(variant: int = 0, n: int = 112, voxel_mm: float = 2.0) -> tuple[np.ndarray, tuple]:
     """A whole-head label map (FreeSurfer codes, RAS+) built from ellipsoids and smooth noise.
 
     Cortex with gyri and sulci (noise-modulated GM/WM boundary, sulcal CSF), ventricles, caudate,

@@ -47,6 +47,10 @@ Vec3 = Sequence[float]
 
 DEFAULT_ALPHA = (0.0015, 0.0005)
 """(alpha0, alpha1) of Langkammer 2015 / the original tgv_qsm, for data in rad."""
+DEFAULT_CONSTRAINT_SCALE = 0.3
+DEFAULT_RATIO = 100.0
+"""Primal/dual step ratio and constraint scaling (tuned on simulated heads: ~4x fewer iterations
+than tau = sigma for the same NRMSE; they change the path, not the solution)."""
 REFERENCE_TE_S = 0.020
 """TE [s] used for the rad <-> ppm scaling of the regularisation when the input has no TE."""
 
@@ -137,49 +141,68 @@ def erode(mask: np.ndarray, n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- solver
 class _Ops:
-    """Finite-difference operators on (C, X, Y, Z) tensors (C channels)."""
+    """Finite-difference operators on (X, Y, Z) / (C, X, Y, Z) tensors, by shifted slices (no conv)."""
 
-    def __init__(self, voxel_size, b0_dir, device):
-        import torch
-
+    def __init__(self, voxel_size, b0_dir, device, scale: float = 1.0):
         self.h = [float(v) for v in voxel_size]
-        k = torch.from_numpy(stencil_kernels(voxel_size, b0_dir)).to(device)
-        self.k_both = k[:, None]                    # (2,1,3,3,3): one input -> [lap, wave]
-        self.k_grouped = k[:, None]                 # groups=2: [phi, chi] -> [lap phi, wave chi]
+        k = stencil_kernels(voxel_size, b0_dir).astype(np.float64) * scale
+        # sparse stencil taps: list of ((di, dj, dk), weight) per kernel, centre folded in
+        self.taps = []
+        for kern in k:
+            taps = [((a - 1, b - 1, c - 1), float(kern[a, b, c]))
+                    for a in range(3) for b in range(3) for c in range(3)
+                    if abs(kern[a, b, c]) > 1e-12 * np.abs(kern).max() and (a, b, c) != (1, 1, 1)]
+            self.taps.append((float(kern[1, 1, 1]), taps))
+
+    @staticmethod
+    def _apply(u, centre, taps):
+        """Zero-boundary stencil: sum_t w_t u(x + t) + centre * u(x)."""
+        import torch.nn.functional as F
+
+        up = F.pad(u[None, None], (1, 1, 1, 1, 1, 1))[0, 0]
+        X, Y, Z = u.shape
+        out = u * centre
+        for (di, dj, dk), wgt in taps:
+            out = out + up[1 + di:1 + di + X, 1 + dj:1 + dj + Y, 1 + dk:1 + dk + Z] * wgt
+        return out
+
+    def lap(self, v):
+        return self._apply(v, *self.taps[0])
+
+    def wave(self, v):
+        return self._apply(v, *self.taps[1])
 
     def lap_wave(self, v):
         """v (X,Y,Z) -> (Laplacian(v), wave(v)), zero boundary."""
-        import torch.nn.functional as F
-
-        out = F.conv3d(v[None, None], self.k_both, padding=1)[0]
-        return out[0], out[1]
+        return self.lap(v), self.wave(v)
 
     def lap_phi_wave_chi(self, phi, chi):
-        import torch
+        return self.lap(phi), self.wave(chi)
+
+    @staticmethod
+    def _pad_axis(x, ax: int, before: int, after: int):
         import torch.nn.functional as F
 
-        out = F.conv3d(torch.stack([phi, chi])[None], self.k_grouped, padding=1, groups=2)[0]
-        return out[0], out[1]
+        pads = [0] * 6
+        pads[2 * (2 - ax)] = before
+        pads[2 * (2 - ax) + 1] = after
+        return F.pad(x, pads)
 
     def dplus(self, u, axis):
-        """Forward difference along ``axis`` of (..., X, Y, Z), 0 at the last index."""
-        import torch
-
-        n = u.shape[axis]
-        d = torch.zeros_like(u)
-        d.narrow(axis, 0, n - 1).copy_(u.narrow(axis, 1, n - 1) - u.narrow(axis, 0, n - 1))
-        return d / self.h[axis - u.ndim + 3]
+        """Forward difference along spatial ``axis`` (0..2) of (..., X, Y, Z), 0 at the last index."""
+        ax = axis - u.ndim + 3 if axis < 0 else axis
+        dim = u.ndim - 3 + ax
+        n = u.shape[dim]
+        d = (u.narrow(dim, 1, n - 1) - u.narrow(dim, 0, n - 1)) * (1.0 / self.h[ax])
+        return self._pad_axis(d, ax, 0, 1)
 
     def dplus_t(self, p, axis):
         """Adjoint of :meth:`dplus` (= minus the backward-difference divergence)."""
-        import torch
-
-        n = p.shape[axis]
-        out = torch.zeros_like(p)
-        src = p.narrow(axis, 0, n - 1)
-        out.narrow(axis, 0, n - 1).sub_(src)
-        out.narrow(axis, 1, n - 1).add_(src)
-        return out / self.h[axis - p.ndim + 3]
+        ax = axis - p.ndim + 3 if axis < 0 else axis
+        dim = p.ndim - 3 + ax
+        n = p.shape[dim]
+        src = p.narrow(dim, 0, n - 1) * (1.0 / self.h[ax])
+        return self._pad_axis(src, ax, 1, 0) - self._pad_axis(src, ax, 0, 1)
 
     def grad(self, u):
         import torch
@@ -232,14 +255,59 @@ def _operator_norm(ops: "_Ops", m0, m, shape, device, n_iter: int = 12, seed: in
     return norm
 
 
+def _make_step(ops: "_Ops", f0, m, m0, tau: float, sigma: float, a0: float, a1: float):
+    """One Chambolle-Pock iteration (dual ascent, primal descent, extragradient), out of place."""
+    import torch
+
+    m_fac = 1.0 / (1.0 + tau * m)
+    qw = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0, 1.0], device=f0.device).view(6, 1, 1, 1)
+
+    def step(chi, chi_, phi, phi_, w, w_, eta, p, q):
+        # dual ascent: eta (hard constraint), p (|.| <= alpha1), q (Frobenius |.| <= alpha0)
+        eta = eta + sigma * m0 * (ops.wave(chi_) - ops.lap(phi_) - f0)
+        p = p + sigma * (m0 * ops.grad(chi_) - m * w_)
+        p = p / torch.clamp(torch.sqrt((p * p).sum(0)) * (1.0 / a1), min=1.0)
+        q = q + sigma * m0 * ops.symgrad(w_)
+        q = q / torch.clamp(torch.sqrt((qw * q * q).sum(0)) * (1.0 / a0), min=1.0)
+        # primal descent (prox of 1/2 ||phi||^2 on the mask)
+        v = m0 * eta
+        phi_new = (phi + tau * ops.lap(v)) * m_fac
+        chi_new = chi - tau * (ops.wave(v) + ops.grad_t(m0 * p))
+        w_new = w - tau * (ops.symgrad_t(m0 * q) - m * p)
+        # extragradient
+        return (chi_new, 2 * chi_new - chi, phi_new, 2 * phi_new - phi, w_new, 2 * w_new - w, eta, p, q)
+
+    return step
+
+
+def _try_compile(step, state):
+    """torch.compile the step (fuses ~100 elementwise ops: several times faster on CPU); eager on failure."""
+    import torch
+
+    try:
+        cstep = torch.compile(step, dynamic=False)
+        cstep(*state)  # compile now, so failures fall back here (result discarded)
+        return cstep
+    except Exception:  # noqa: BLE001 - no compiler / unsupported platform: eager is correct, only slower
+        return step
+
+
 def tgv_qsm_laplacian(lap_phi0: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1, 1, 1),
                       b0_dir: Vec3 = (0, 0, 1), alpha: Sequence[float] = DEFAULT_ALPHA,
                       iterations: int = 1000, device: str = "auto", progress=None,
-                      step_scale: float = 0.99) -> np.ndarray:
+                      step_scale: float = 0.99, constraint_scale: float = DEFAULT_CONSTRAINT_SCALE,
+                      ratio: float = DEFAULT_RATIO, compile_step: bool | str = "auto") -> np.ndarray:
     """Solve TGV-QSM given the Laplacian of the phase ``lap_phi0`` [rad/mm^2] on ``mask`` (already eroded).
 
     Returns chi in phase units (rad; divide by :func:`rad_per_ppm` for ppm), zero outside ``mask``.
     The problem is cropped to the mask's bounding box plus a 3-voxel margin.
+
+    Step sizes: tau = step_scale * ratio / L, sigma = step_scale / (ratio * L), with L the
+    power-iteration norm of the (scaled) operator, so tau * sigma * L^2 < 1 (convergent).
+    ``constraint_scale`` multiplies both sides of the Laplacian constraint (same solution, better
+    conditioning: the Laplacian rows are ~10x larger than the gradient rows). ``compile_step``:
+    torch.compile the iteration ('auto': on CPU when voxels x iterations > 2e8; falls back to
+    eager when no compiler is available).
     """
     import torch
 
@@ -261,47 +329,31 @@ def tgv_qsm_laplacian(lap_phi0: np.ndarray, mask: np.ndarray, voxel_size: Vec3 =
     def prep(x, dtype=np.float32):
         return torch.from_numpy(np.ascontiguousarray(np.pad(np.asarray(x)[box], pad).astype(dtype))).to(dev)
 
-    f0 = prep(np.where(mask0, lap_phi0, 0))
+    f0 = prep(np.where(mask0, lap_phi0, 0) * constraint_scale)
     m = prep(mask)
     m0 = prep(mask0)
     shape = tuple(f0.shape)
-    ops = _Ops(voxel_size, b0_dir, dev)
+    ops = _Ops(voxel_size, b0_dir, dev, scale=constraint_scale)
     a0, a1 = float(alpha[0]), float(alpha[1])
 
     with torch.no_grad():
         L = _operator_norm(ops, m0, m, shape, dev)
-        tau = sigma = step_scale / L
-        chi = torch.zeros(shape, device=dev)
-        phi = torch.zeros_like(chi)
-        w = torch.zeros((3, *shape), device=dev)
-        chi_, phi_, w_ = chi.clone(), phi.clone(), w.clone()
-        eta = torch.zeros_like(chi)
-        p = torch.zeros_like(w)
-        q = torch.zeros((6, *shape), device=dev)
-        qw = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0, 1.0], device=dev).view(6, 1, 1, 1)
-        m_fac = 1.0 / (1.0 + tau * m)
+        tau = step_scale / L * ratio
+        sigma = step_scale / L / ratio
+        z = torch.zeros(shape, device=dev)
+        state = [z, z.clone(), z.clone(), z.clone(), torch.zeros((3, *shape), device=dev),
+                 torch.zeros((3, *shape), device=dev), z.clone(), torch.zeros((3, *shape), device=dev),
+                 torch.zeros((6, *shape), device=dev)]
+        step = _make_step(ops, f0, m, m0, tau, sigma, a0, a1)
+        big = int(np.prod(shape)) * int(iterations) > 2e8
+        if compile_step is True or (compile_step == "auto" and dev == "cpu" and big):
+            step = _try_compile(step, state)
         every = max(iterations // 50, 1)
         for it in range(int(iterations)):
-            # dual ascent
-            lp, wc = ops.lap_phi_wave_chi(phi_, chi_)
-            eta.add_(sigma * m0 * (wc - lp - f0))
-            p.add_(sigma * (m0 * ops.grad(chi_) - m * w_))
-            p.div_(torch.clamp(torch.sqrt((p * p).sum(0)) / a1, min=1.0))
-            q.add_(sigma * m0 * ops.symgrad(w_))
-            q.div_(torch.clamp(torch.sqrt((qw * q * q).sum(0)) / a0, min=1.0))
-            # primal descent
-            v = m0 * eta
-            lv, wv = ops.lap_wave(v)
-            phi_new = (phi + tau * lv) * m_fac
-            chi_new = chi - tau * (wv + ops.grad_t(m0 * p))
-            w_new = w - tau * (-m * p + ops.symgrad_t(m0 * q))
-            # extragradient
-            torch.sub(2 * phi_new, phi, out=phi_)
-            torch.sub(2 * chi_new, chi, out=chi_)
-            torch.sub(2 * w_new, w, out=w_)
-            phi, chi, w = phi_new, chi_new, w_new
+            state = step(*state)
             if progress is not None and it % every == 0:
                 report(progress, it / iterations, f"TGV iteration {it}/{iterations}")
+        chi = state[0]
         out = np.zeros(mask.shape, dtype=np.float32)
         out[box] = (chi * m).cpu().numpy()[3:-3, 3:-3, 3:-3]
     return out

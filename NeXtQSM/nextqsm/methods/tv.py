@@ -40,21 +40,37 @@ DEFAULT_TV_MU2 = 1.0     # data-split penalty (field normalised to ppm)
 DEFAULT_TV_ITERS = 100
 
 
-def _grad(x, vs):
-    """Forward differences (periodic) along i, j, k in ppm/mm; x (..., i, j, k) -> (3, ..., i, j, k)."""
+def _grad(x, vs, out=None):
+    """Forward differences (periodic) along i, j, k in ppm/mm: x (i, j, k) -> (3, i, j, k), into ``out`` if given."""
     import torch
 
-    return torch.stack([(torch.roll(x, -1, dims=d) - x) / float(v) for d, v in zip((-3, -2, -1), vs)])
+    if out is None:
+        out = torch.empty((3,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+    for a, v in enumerate(vs):
+        n = x.shape[a]
+        o = out[a]
+        torch.sub(x.narrow(a, 1, n - 1), x.narrow(a, 0, n - 1), out=o.narrow(a, 0, n - 1))
+        torch.sub(x.narrow(a, 0, 1), x.narrow(a, n - 1, 1), out=o.narrow(a, n - 1, 1))
+        if v != 1.0:
+            o.mul_(1.0 / float(v))
+    return out
 
 
-def _grad_adj(g, vs):
-    """Adjoint of :func:`_grad` (= minus the backward-difference divergence)."""
+def _grad_adj(g, vs, out=None):
+    """Adjoint of :func:`_grad` (minus the backward-difference divergence): (3, i, j, k) -> (i, j, k)."""
     import torch
 
-    out = None
-    for a, (d, v) in enumerate(zip((-3, -2, -1), vs)):
-        t = (torch.roll(g[a], 1, dims=d) - g[a]) / float(v)
-        out = t if out is None else out + t
+    if out is None:
+        out = torch.empty(tuple(g.shape[1:]), dtype=g.dtype, device=g.device)
+    out.zero_()
+    for a, v in enumerate(vs):
+        n = g.shape[a + 1]
+        y = g[a]
+        s = 1.0 / float(v)
+        # (G^T y)[i] = (y[i-1] - y[i]) / v, periodic
+        out.narrow(a, 1, n - 1).add_(y.narrow(a, 0, n - 1), alpha=s)
+        out.narrow(a, 0, 1).add_(y.narrow(a, n - 1, 1), alpha=s)
+        out.sub_(y, alpha=s)
     return out
 
 
@@ -118,20 +134,34 @@ def tv_admm(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 
             w = f.clone()
             v = torch.zeros_like(f)
             Wf = W2 * f
+            Wden = 1.0 / (W2 + float(mu2))
         thr = float(lam) / mu1
+        g = torch.empty((3,) + shape, device=dev)
+        tmp = torch.empty(shape, device=dev)
+        nrm = torch.empty(shape, device=dev)
         for it in range(int(iters)):
-            rhs = mu1 * rfft(_grad_adj(z - u, vs))
-            rhs = rhs + (float(mu2) * D * rfft(w - v) if weighted else D * F_f)
-            X = rhs * inv
-            chi_new = irfft(X)
-            g = _grad(chi_new, vs) + u
-            nrm = torch.sqrt((g * g).sum(0, keepdim=True))
-            z = g * torch.clamp(1.0 - thr / torch.clamp(nrm, min=1e-12), min=0.0)
-            u = g - z
+            torch.sub(z, u, out=g)
+            _grad_adj(g, vs, out=tmp)
+            X = rfft(tmp).mul_(mu1)
             if weighted:
-                Dchi = irfft(D * X)
-                w = (Wf + float(mu2) * (Dchi + v)) / (W2 + float(mu2))
-                v = v + Dchi - w
+                X.add_(rfft(torch.sub(w, v, out=tmp)).mul_(D), alpha=float(mu2))
+            else:
+                X.add_(F_f * D)
+            X.mul_(inv)
+            chi_new = irfft(X)
+            _grad(chi_new, vs, out=g)
+            g.add_(u)
+            # isotropic shrinkage: z = g * max(1 - thr/|g|, 0); u = g - z
+            torch.sqrt(torch.sum(g * g, dim=0, out=nrm), out=nrm)
+            nrm.clamp_(min=1e-12).reciprocal_().mul_(-thr).add_(1.0).clamp_(min=0.0)
+            torch.mul(g, nrm, out=z)
+            torch.sub(g, z, out=u)
+            if weighted:
+                Dchi = irfft(X.mul_(D))
+                # w = (W^2 f + mu2 (D chi + v)) / (W^2 + mu2);  v += D chi - w
+                Dchi.add_(v)
+                torch.add(Wf, Dchi, alpha=float(mu2), out=w).mul_(Wden)
+                torch.sub(Dchi, w, out=v)
             change = float(torch.linalg.vector_norm(chi_new - chi) / torch.clamp(torch.linalg.vector_norm(chi_new), min=1e-12))
             chi = chi_new
             if callback is not None:

@@ -18,6 +18,57 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class _Conv3dFastGrad(torch.autograd.Function):
+    """Stride-1 'same' 3D convolution with a faster CPU weight gradient.
+
+    PyTorch's CPU weight gradient of ``conv3d`` (``conv3d_weight``) was measured 10-15x slower
+    than the forward on the dev machines (2.3 s for 16->8 channels at 64^3); computing it as one
+    forward convolution with swapped roles takes 0.22 s, and is exact to float rounding (tested
+    against autograd of ``F.conv3d``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, pad: int):
+        ctx.save_for_backward(x, w)
+        ctx.pad = pad
+        return F.conv3d(x, w, padding=pad)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        pad, k = ctx.pad, w.shape[-1]
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.nn.grad.conv3d_input(x.shape, w, g, padding=pad)
+        if ctx.needs_input_grad[1]:
+            # dW[o, i] = correlation of the padded input with the output gradient: a convolution with
+            # the batch as channels, the input channels as batch and grad_output as the (big) kernel.
+            xp = F.pad(x, [pad] * 6) if pad else x
+            gw = F.conv3d(xp.transpose(0, 1), g.transpose(0, 1)).transpose(0, 1)
+        return gx, gw, None
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (stride 1, 'same' padding, no bias) using :class:`_Conv3dFastGrad` when training on the CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.bias is None and x.device.type == "cpu" and torch.is_grad_enabled()
+                and self.weight.requires_grad and x.dtype == torch.float32):
+            return _Conv3dFastGrad.apply(x, self.weight, self.padding[0])
+        return super().forward(x)
+
+
+class Up(nn.Module):
+    """2x nearest-neighbour up-sampling followed by a 1x1x1 convolution (cin -> cout)."""
+
+    def __init__(self, cin: int, cout: int, bias: bool = False):
+        super().__init__()
+        self.conv = Conv3d(cin, cout, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
 def _norm(kind: str, ch: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm3d(ch, affine=True)
@@ -34,7 +85,7 @@ class ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, n: int = 2, norm: str = "none", bias: bool = False):
         layers: list[nn.Module] = []
         for i in range(n):
-            layers += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1, bias=bias),
+            layers += [Conv3d(cin if i == 0 else cout, cout, 3, padding=1, bias=bias),
                        _norm(norm, cout), nn.LeakyReLU(0.1, inplace=True)]
         super().__init__(*layers)
 
@@ -63,12 +114,11 @@ class UNet3D(nn.Module):
         self.enc = nn.ModuleList([ConvBlock(in_ch if l == 0 else chs[l - 1], chs[l], convs, norm, bias)
                                   for l in range(depth)])
         self.bottom = ConvBlock(chs[depth - 1] if depth else in_ch, chs[depth], convs, norm, bias)
-        self.up = nn.ModuleList([nn.ConvTranspose3d(chs[l + 1], chs[l], 2, stride=2, bias=bias)
-                                 for l in range(depth)])
+        self.up = nn.ModuleList([Up(chs[l + 1], chs[l], bias) for l in range(depth)])
         self.dec = nn.ModuleList([ConvBlock(2 * chs[l], chs[l], convs, norm, bias) for l in range(depth)])
-        self.head = nn.Conv3d(chs[0], out_ch, 1, bias=bias)
+        self.head = Conv3d(chs[0], out_ch, 1, bias=bias)
         for m in self.modules():
-            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, a=0.1, nonlinearity="leaky_relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

@@ -1,0 +1,129 @@
+"""Training configuration: dataclasses loaded from / saved to YAML.
+
+The same file format runs a 2-core CPU chunk (``configs/cpu_small.yaml``) and a GPU run
+(``configs/gpu_full.yaml``); only sizes change. Unknown keys are an error (typos do not
+silently fall back to defaults).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nextqsm.errors import QSMInputError
+
+
+def _unet(base: int = 8, depth: int = 3, convs: int = 2, norm: str = "none") -> dict:
+    return {"base": base, "depth": depth, "convs": convs, "norm": norm}
+
+
+@dataclass
+class ModelConfig:
+    """Architectures. ``bfr``/``baseline_inv``: UNet3D kwargs; ``vn``: VariationalNetwork kwargs."""
+
+    bfr: dict = field(default_factory=lambda: _unet(8, 3, 1))
+    vn: dict = field(default_factory=lambda: {"steps": 6, "unet": _unet(8, 3, 1), "lambda_init": 0.1, "pad": None})
+    baseline_inv: dict = field(default_factory=lambda: _unet(8, 3, 1))
+
+
+@dataclass
+class DataConfig:
+    """Training data. ``source``: 'hybrid' (``nextqsm_training.dataset.HybridDataset``), 'make_pair'
+    (``nextqsm_training.simulate.make_pair`` directly; ``kwargs['cycle']`` = list of option dicts
+    cycled over items, e.g. voxel sizes) or 'toy' (ellipsoid phantoms made with
+    ``nextqsm.dipole.forward_field``, for tests).
+
+    ``n_train`` distinct training volumes (the step index walks through them deterministically,
+    with exact flip/permutation augmentation); ``n_val`` held-out volumes from ``val_seed``.
+    ``kwargs`` go to the dataset constructor. ``cache_dir``: where generated volumes are kept
+    (``None`` = in memory only).
+    """
+
+    source: str = "hybrid"
+    size: int = 64
+    n_train: int = 256
+    n_val: int = 4
+    seed: int = 0
+    val_seed: int = 1_000_003
+    augment: bool = True
+    kwargs: dict = field(default_factory=dict)
+    val_kwargs: dict = field(default_factory=dict)
+    cache_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. Steps are global optimiser steps; phase 1 = steps [0, phase1_steps)."""
+
+    phase1_steps: int = 1000
+    phase2_steps: int = 1000
+    batch_size: int = 1
+    lr: float = 4e-4
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # 'cosine' (linear warm-up then cosine to min_lr_frac) | 'constant'
+    warmup_steps: int = 50
+    min_lr_frac: float = 0.05
+    grad_clip: float = 1.0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    checkpointing: bool = False
+    ckpt_every: int = 50
+    val_every: int = 200
+    log_every: int = 10
+    threads: int = 2
+    seed: int = 0
+    train_baseline: bool = True
+    demean_loss: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "/work/runs/nextqsm"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train"]["betas"] = list(d["train"]["betas"])
+        return d
+
+
+def _build(cls, d: dict | None, where: str):
+    d = dict(d or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise QSMInputError(where, f"unknown keys {unknown}", f"use only {sorted(names)}")
+    obj = cls(**d)
+    if isinstance(obj, TrainConfig):
+        obj.betas = tuple(float(b) for b in obj.betas)
+    return obj
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    d = dict(d or {})
+    unknown = sorted(set(d) - {"model", "data", "train", "out_dir"})
+    if unknown:
+        raise QSMInputError("config", f"unknown sections {unknown}", "use model, data, train and out_dir")
+    return Config(model=_build(ModelConfig, d.get("model"), "config.model"),
+                  data=_build(DataConfig, d.get("data"), "config.data"),
+                  train=_build(TrainConfig, d.get("train"), "config.train"),
+                  out_dir=str(d.get("out_dir", Config.out_dir)))
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    if not p.exists():
+        raise QSMInputError("--config", f"file {p} does not exist", "pass a YAML file such as configs/cpu_small.yaml")
+    return from_dict(yaml.safe_load(p.read_text()) or {})
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from nextqsm.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

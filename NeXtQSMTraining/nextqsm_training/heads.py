@@ -1,0 +1,111 @@
+"""Realistic, deterministic test heads for benchmarks (classical methods and NeXtQSM).
+
+:func:`realistic_head` builds a head from one SynthSeg whole-head map (default: the held-out maps
+13-16, never used for training), a user label map, or the procedural head, with **fixed** (not
+randomised) physically realistic ppm per tissue class (:data:`labels.CLASS_PPM` means: WM -0.04,
+cortex 0.03, CSF 0, caudate/putamen 0.075, pallidum 0.175, thalamus 0.04, ventral DC 0.09, veins
+0.38, dural sinuses 0.3, bone -2, marrow -1, air +9.2 relative to tissue), plus a few seeded veins.
+The total field is computed on a grid covering the **whole head** (so sinuses, skull and the
+air around the head all contribute a realistic background), then cropped to ``size``^3 around the
+brain centre. No deformation is applied.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .deform import sample_labels, output_grid_mm
+from .external import dilate, erode
+from .label_sources import HELD_OUT, TRAIN_MAPS, LabelSource, expand_sources  # noqa: F401 (re-exported)
+from .labels import Tissue, VENTRICLE_LABELS, is_brain_label, tissue_lut
+from .simulate import forward_fields
+from .susceptibility import add_veins, sample_label_values
+
+__all__ = ["realistic_head", "HELD_OUT", "TRAIN_MAPS"]
+
+
+def _source(index) -> LabelSource:
+    if isinstance(index, LabelSource):
+        return index
+    if isinstance(index, (int, np.integer)):
+        return LabelSource("synthseg", str(int(index)))
+    return expand_sources(str(index))[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _head(src: LabelSource, size: int, seed: int, b0: tuple, vs: tuple | None, veins: bool) -> dict:
+    vol = src.load(1)
+    centre = vol.brain_centre_mm()
+    if vs is None:   # fit the brain into the grid with a 10 % margin
+        vs = tuple([float(vol.brain_extent_mm().max() * 1.1 / size)] * 3)
+    vsa = np.asarray(vs, float)
+    # a grid covering the whole head (+ 8 mm of air), centred on the brain centre
+    extent_mm = np.asarray(vol.idx.shape) * np.asarray(vol.voxel_size)
+    half = np.maximum(centre, extent_mm - centre) + 8.0
+    big = np.maximum(int(size), np.ceil(2 * half / vsa).astype(int))
+    big = big + (big - size) % 2            # same parity, so the crop is centred exactly
+    idx = sample_labels(torch.from_numpy(vol.idx), vol.voxel_size,
+                        output_grid_mm(big, vsa) + torch.as_tensor(centre, dtype=torch.float32).view(3, 1, 1, 1))
+    codes = vol.codes
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x4EAD]))
+    values = torch.from_numpy(sample_label_values(codes, rng, realistic=False))
+    chi = values[idx.long()]
+    brain = torch.from_numpy(np.array([is_brain_label(c) for c in codes]))[idx.long()]
+    csf = torch.from_numpy((tissue_lut(codes) == int(Tissue.CSF)) | np.isin(codes, list(VENTRICLE_LABELS)))[idx.long()]
+    r = max(1, int(round(3.0 / vsa.min())))
+    mask = brain | (erode(dilate(brain, r), r) & csf)
+    if veins:
+        add_veins(chi, erode(brain, 1), rng, vsa, n_range=(10, 10), value=(0.38, 0.38), radius_mm=(0.8, 1.4))
+    off = [(b - size) // 2 for b in big]
+    sl = tuple(slice(o, o + size) for o in off)
+    inner = torch.zeros_like(mask)   # the mask lives inside the crop (1-voxel border kept free)
+    inner[tuple(slice(o + 1, o + size - 1) for o in off)] = True
+    mask &= inner
+    chi_brain = chi * mask
+    f = forward_fields(torch.stack([chi_brain, chi]), vsa, b0, pad=None)
+    m = mask[sl]
+    mf = m.float()
+    tis = torch.from_numpy(tissue_lut(codes))[idx.long()][sl]
+    return {
+        "chi": chi_brain[sl].numpy().astype(np.float32),
+        "local_field": (f[0][sl] * mf).numpy().astype(np.float32),
+        "total_field": (f[1][sl] * mf).numpy().astype(np.float32),
+        "mask": m.numpy().astype(np.uint8),
+        "seg": (tis * m).numpy().astype(np.uint8),
+        "labels": codes[idx[sl].numpy()].astype(np.int32),
+        "chi_all": chi[sl].numpy().astype(np.float32),
+        "voxel_size": vsa.astype(np.float32),
+        "b0_dir": (np.asarray(b0, float) / np.linalg.norm(b0)).astype(np.float32),
+        "source": vol.name,
+    }
+
+
+def realistic_head(index: int | str = HELD_OUT[0], size: int = 160, seed: int = 0,
+                   b0_dir: Sequence[float] = (0.0, 0.0, 1.0), voxel_size: Sequence[float] | None = (1.0, 1.0, 1.0),
+                   noise: float = 0.0, veins: bool = True) -> dict:
+    """A deterministic, physically realistic test head (no randomised prior).
+
+    ``index``: SynthSeg map number (1-16; 13-16 are held out from training), ``"procedural"``, or a
+    path to a label map. ``size``: grid edge in voxels; ``voxel_size`` mm (``None`` fits the brain
+    into the grid); ``b0_dir`` in voxel (RAS) axes; ``noise``: Gaussian field noise std in ppm
+    (seeded by ``seed``) added to both fields (the clean ones are kept as ``*_clean``).
+
+    Returns numpy arrays (size,)*3: ``chi`` (ppm, 0 outside mask), ``local_field``, ``total_field``
+    (ppm, masked), ``mask`` (uint8), ``seg`` (:class:`labels.Tissue` class in the mask, 0 outside),
+    ``labels`` (FreeSurfer codes), ``chi_all`` (brain + extra-cerebral chi), ``voxel_size``, ``b0_dir``
+    (float32 (3,)), ``source``.
+    """
+    vs = None if voxel_size is None else tuple(float(v) for v in np.broadcast_to(np.asarray(voxel_size, float), (3,)))
+    b0 = tuple(float(b) for b in b0_dir)
+    base = _head(_source(index), int(size), int(seed), b0, vs, bool(veins))
+    out = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in base.items()}
+    if noise and noise > 0:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x0015E]))
+        m = out["mask"].astype(np.float32)
+        for k in ("local_field", "total_field"):
+            out[k + "_clean"] = out[k]
+            out[k] = ((out[k] + rng.normal(0, noise, out[k].shape)) * m).astype(np.float32)
+    return out

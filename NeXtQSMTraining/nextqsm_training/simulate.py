@@ -1,0 +1,254 @@
+"""One hybrid training pair: label map -> deformation -> chi -> local and total field.
+
+    labels (SynthSeg / FreeSurfer / procedural) --deform--> labels on the output grid
+      -> chi_tissue (ppm, per-label prior + texture + veins + lesions + bleeds + calcifications)
+      -> mask (brain + sulcal CSF, with erosion / dilation variations)
+      -> external chi: head classes outside the mask (air 0-label ~ +9.2, bone ~ -2 ...)
+         + ~100 random ellipsoids outside the dilated mask
+      -> local = D * (chi * mask), total = D * chi_all (zero padded FFT), both masked
+      -> optional: harmonic low-order field added to total, Gaussian noise
+
+All arrays are (i, j, k) float32 in ppm, RAS+ voxel axes (B0 (0, 0, 1) = head foot->head).
+Deterministic per ``seed`` on CPU.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from nextqsm.dipole import padded_shape
+
+from . import deform as dfm
+from .external import dilate, erode, gaussian_blur, harmonic_polynomial, random_ellipsoids
+from .label_sources import LabelSource, expand_sources
+from .labels import Tissue, VENTRICLE_LABELS, tissue_lut, is_brain_label
+from .susceptibility import add_lesions, add_spots, add_texture, add_veins, sample_label_values
+
+#: Default options of :func:`make_pair` (override any of them as keyword arguments).
+DEFAULTS: dict[str, Any] = dict(
+    voxel_size=None,          # None: fit the brain into the grid (FOV = brain extent x fov_factor)
+    fov_factor=(1.15, 1.4),
+    anisotropy=(0.3, 0.8, 1.25),   # (probability, min, max) per-axis voxel-size factor
+    b0_tilt_deg=(0.3, 25.0),       # (probability, max angle) of a random B0 tilt
+    rotation_deg=15.0, scaling=0.12, shear=0.04, translation_mm=6.0,
+    elastic_mm=3.0,
+    global_scale=(0.5, 1.5), p_realistic=0.8,
+    texture_ppm=0.02,
+    veins=(4, 20), lesions=(0, 3), microbleeds=(0, 4), calcifications=(0, 2),
+    n_ellipsoids=(20, 100), ellipsoid_chi=9.2,
+    mask_variation=True,
+    antialias=(0.6, 1.0),          # std (voxels) range of the partial-volume blur of external chi; None = off
+    smooth_field=(0.5, 0.3),       # (probability, max amplitude ppm) of a harmonic 2nd-order field
+    noise=0.0,                     # field noise std in ppm, or "random" (SNR-based), 0 = none
+    snr=(20.0, 200.0),             # local-field RMS / noise std for noise="random"
+    pad=None,                      # zero padding per side for the FFTs (default size // 6)
+    device=None,
+)
+
+
+def rng_for(seed: int, stream: int = 0) -> np.random.Generator:
+    """The numpy generator used for ``seed`` (independent streams per ``stream``)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream), 0x4E5851]))
+
+
+def half_kernel(pshape: Sequence[int], voxel_size: Sequence[float], b0_dir: Sequence[float], device=None) -> torch.Tensor:
+    """The core dipole kernel (:func:`nextqsm.dipole.dipole_kernel`, D(0) = 0) on the rfft half grid
+    (last axis 0..n/2), built by broadcasting in float32 (same formula; tested against the core).
+
+    On Nyquist planes of even axes the full-FFT forward model (``ifftn(fftn(x) * D).real``) in
+    effect averages D(k) with D(k with the Nyquist components negated); for a tilted B0 these
+    differ. We build that average, ``1/3 - (kR^2 + kN^2)/|k|^2`` (kR, kN: the non-Nyquist and
+    Nyquist parts of k.b), so that the real-FFT model equals the core's full-FFT model exactly.
+    """
+    from nextqsm.dipole import _unit
+
+    b = _unit(b0_dir)
+    kr = 0.0
+    kn = 0.0
+    k2 = 0.0
+    for ax, (n, d) in enumerate(zip(pshape, voxel_size)):
+        n = int(n)
+        f = torch.fft.rfftfreq(n, d=float(d), device=device) if ax == 2 else torch.fft.fftfreq(n, d=float(d), device=device)
+        if ax == 2 and n % 2 == 0:
+            f = f.clone()
+            f[-1] = -f[-1]          # the full FFT grid's Nyquist frequency is -n/2 (fftfreq)
+        f = f.to(torch.float32).view([-1 if a == ax else 1 for a in range(3)])
+        nyq = torch.zeros_like(f)
+        if n % 2 == 0:
+            sl = [slice(None)] * 3
+            sl[ax] = slice(n // 2, n // 2 + 1) if ax != 2 else slice(-1, None)
+            nyq[tuple(sl)] = 1.0
+        k2 = k2 + f * f
+        kr = kr + f * (1 - nyq) * float(b[ax])
+        kn = kn + f * nyq * float(b[ax])
+    k2 = k2.clone()
+    k2[0, 0, 0] = 1.0
+    d = 1.0 / 3.0 - (kr * kr + kn * kn) / k2
+    d[0, 0, 0] = 0.0
+    return d
+
+
+def forward_fields(chis: torch.Tensor, voxel_size: Sequence[float], b0_dir: Sequence[float],
+                   pad: int | Sequence[int] | None) -> torch.Tensor:
+    """D * chi for a batch (B, i, j, k) with zero padding, via real FFTs and the core's dipole kernel
+    (:func:`nextqsm.dipole.dipole_kernel_torch`, D(0) = 0). Equal to
+    :func:`nextqsm.dipole.forward_field_torch` up to float rounding, half the cost."""
+    import torch.nn.functional as F
+
+    shape = chis.shape[-3:]
+    pshape = padded_shape(shape, pad)
+    pshape = tuple(p + (p % 2) for p in pshape)          # even sizes: clean rfft Nyquist plane
+    before = [(t - n) // 2 for n, t in zip(shape, pshape)]
+    widths = []
+    for b, n, t in reversed(list(zip(before, shape, pshape))):
+        widths += [b, t - n - b]
+    xp = F.pad(chis, widths)
+    k = half_kernel(pshape, voxel_size, b0_dir, device=chis.device)
+    f = torch.fft.irfftn(torch.fft.rfftn(xp, dim=(-3, -2, -1)) * k, s=pshape, dim=(-3, -2, -1))
+    return f[..., before[0]:before[0] + shape[0], before[1]:before[1] + shape[1], before[2]:before[2] + shape[2]]
+
+
+def _choose_grid(rng, vol, size: int, opts) -> tuple[np.ndarray, np.ndarray]:
+    """Output voxel size (3,) mm and FOV (3,) mm."""
+    if opts["voxel_size"] is not None:
+        vs = np.broadcast_to(np.asarray(opts["voxel_size"], float), (3,)).copy()
+    else:
+        fov = float(vol.brain_extent_mm().max()) * rng.uniform(*opts["fov_factor"])
+        vs = np.full(3, fov / size)
+        p, lo, hi = opts["anisotropy"]
+        if rng.random() < p:
+            vs = vs * rng.uniform(lo, hi, 3)
+    return vs, vs * size
+
+
+def _random_b0(rng, opts) -> np.ndarray:
+    p, max_deg = opts["b0_tilt_deg"]
+    if rng.random() >= p:
+        return np.array([0.0, 0.0, 1.0])
+    theta = np.deg2rad(rng.uniform(0, max_deg))
+    phi = rng.uniform(0, 2 * np.pi)
+    return np.array([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
+
+
+def _brain_mask(idx: torch.Tensor, brain_lut: torch.Tensor, csf_lut: torch.Tensor, vs, rng, variation: bool):
+    brain = brain_lut[idx.long()]
+    csf = csf_lut[idx.long()]
+    r = max(1, int(round(3.0 / float(np.min(vs)))))
+    closed = erode(dilate(brain, r), r)
+    mask = brain | (closed & csf)           # brain + ventricles + sulcal CSF
+    if variation:
+        u = rng.random()
+        if u < 0.3:
+            mask = erode(mask, int(rng.integers(1, 3))) | (brain & erode(brain, 1))
+        elif u < 0.55:
+            mask = mask | (dilate(mask, 1) & csf)
+    return mask, brain
+
+
+def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = False, **opts) -> dict:
+    """Generate one hybrid training pair (deterministic per ``seed``).
+
+    Parameters: ``size`` (grid edge, voxels), ``source`` (see :func:`label_sources.expand_sources`;
+    default SynthSeg training maps, else procedural heads), options in :data:`DEFAULTS`.
+    Returns a dict of numpy arrays, shape (size,)*3 float32 unless noted:
+    ``chi`` (brain chi, ppm, 0 outside mask), ``local_field`` and ``total_field`` (ppm, masked),
+    ``mask`` (uint8), ``voxel_size`` and ``b0_dir`` (float32 (3,)), ``source`` (name);
+    when ``noise`` is on also ``local_field_clean``/``total_field_clean``; with ``return_labels``
+    also ``labels`` (deformed FreeSurfer codes, int32), ``labels_src`` (an undeformed axial slab
+    of the source, for QA) and ``chi_external`` (ppm, outside the mask).
+    """
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+    o = {**DEFAULTS, **opts}
+    dev = torch.device(o["device"]) if o["device"] is not None else torch.device("cpu")
+    rng = rng_for(seed)
+    sources = source if isinstance(source, list) and source and isinstance(source[0], LabelSource) \
+        else expand_sources(source)
+    src: LabelSource = sources[int(rng.integers(len(sources)))]
+    size = int(size)
+    vol1 = src.load(1)
+    vs, fov = _choose_grid(rng, vol1, size, o)
+    stride = max(1, int(np.floor(vs.min() / vol1.voxel_size[0] / 1.5)))
+    vol = src.load(stride) if stride > 1 else vol1
+    shape = (size,) * 3
+
+    # --- deformation of the label map onto the output grid
+    A, t = dfm.random_affine(rng, o["rotation_deg"], o["scaling"], o["shear"], o["translation_mm"])
+    disp = dfm.random_elastic(rng, shape, fov, max_std_mm=o["elastic_mm"], device=dev) if o["elastic_mm"] else None
+    src_idx = torch.from_numpy(vol.idx).to(dev)
+    centre = vol1.brain_centre_mm() - (stride // 2) * np.asarray(vol1.voxel_size)
+    idx = dfm.deform_labels(src_idx, vol.voxel_size, centre, shape, vs, A, t, disp)
+
+    # --- chi per label + realism inside the brain
+    codes = vol.codes
+    values = torch.from_numpy(sample_label_values(codes, rng, o["global_scale"], o["p_realistic"])).to(dev)
+    brain_lut = torch.from_numpy(np.array([is_brain_label(c) for c in codes])).to(dev)
+    tis = tissue_lut(codes)
+    csf_lut = torch.from_numpy((tis == int(Tissue.CSF)) | np.isin(codes, list(VENTRICLE_LABELS))).to(dev)
+    chi = values[idx.long()]
+    mask, brain = _brain_mask(idx, brain_lut, csf_lut, vs, rng, o["mask_variation"])
+    add_texture(chi, brain, rng, o["texture_ppm"])
+    if o["lesions"]:
+        add_lesions(chi, brain, rng, vs, o["lesions"])
+    if o["veins"]:
+        add_veins(chi, brain, rng, vs, o["veins"])
+    if o["microbleeds"]:
+        add_spots(chi, brain, rng, vs, o["microbleeds"], value=(0.5, 1.5), radius_mm=(0.8, 2.0))
+    if o["calcifications"]:
+        add_spots(chi, brain, rng, vs, o["calcifications"], value=(-1.2, -0.4), radius_mm=(1.0, 3.0))
+
+    # --- external sources: head classes outside the mask + random ellipsoids
+    keep_out = dilate(mask, max(1, int(round(2.0 / float(vs.min())))))
+    ext = torch.full(shape, float("nan"), device=dev)
+    n_ell = int(rng.integers(o["n_ellipsoids"][0], o["n_ellipsoids"][1] + 1)) if o["n_ellipsoids"] else 0
+    random_ellipsoids(ext, keep_out, vs, rng, n=n_ell, brain_volume_vox=float(brain.sum()),
+                      chi_mean=o["ellipsoid_chi"])
+    chi_all = torch.where(torch.isnan(ext), chi, ext)
+    chi_brain = chi_all * mask
+    chi_ext = chi_all - chi_brain
+    if o["antialias"]:
+        # partial-volume blur of the (sharp, strong) external sources: without it the discrete
+        # dipole field of 9 ppm step edges rings (Gibbs) into the brain and the background is
+        # no longer harmonic there. Re-masked, so external chi never enters the brain.
+        chi_ext = gaussian_blur(chi_ext, float(rng.uniform(*o["antialias"]))) * (~mask)
+        chi_all = chi_brain + chi_ext
+
+    # --- fields
+    b0 = _random_b0(rng, o)
+    pad = o["pad"] if o["pad"] is not None else max(4, size // 6)
+    f = forward_fields(torch.stack([chi_brain, chi_all]), vs, b0, pad)
+    mf = mask.float()
+    local = f[0] * mf
+    total = f[1] * mf
+    p_s, amp_s = o["smooth_field"]
+    if p_s and rng.random() < p_s:
+        total = total + harmonic_polynomial(shape, rng, rng.uniform(0, amp_s), dev) * mf
+    out = {"chi": chi_brain, "local_field": local, "total_field": total}
+    noise = o["noise"]
+    sigma = 0.0
+    if noise == "random":
+        rms = float(torch.sqrt((local[mask] ** 2).mean())) if mask.any() else 0.0
+        sigma = rms / rng.uniform(*o["snr"])
+    elif noise:
+        sigma = float(noise)
+    if sigma > 0:
+        g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        for k in ("local_field", "total_field"):
+            out[k + "_clean"] = out[k]
+            out[k] = (out[k] + sigma * torch.randn(shape, generator=g).to(dev)) * mf
+    res = {k: v.cpu().numpy().astype(np.float32) for k, v in out.items()}
+    res["mask"] = mask.cpu().numpy().astype(np.uint8)
+    res["voxel_size"] = vs.astype(np.float32)
+    res["b0_dir"] = b0.astype(np.float32)
+    res["source"] = vol.name
+    res["noise_std"] = np.float32(sigma)
+    res["pad"] = int(pad) if np.isscalar(pad) else pad
+    if return_labels:
+        res["labels"] = vol.codes[idx.cpu().numpy()].astype(np.int32)
+        res["chi_external"] = chi_ext.cpu().numpy().astype(np.float32)
+        und = dfm.deform_labels(src_idx, vol.voxel_size, centre, shape, vs)   # undeformed, same grid
+        res["labels_src"] = vol.codes[und.cpu().numpy()].astype(np.int32)
+    return res

@@ -1,0 +1,471 @@
+"""Training loop for NeXtQSM (background U-Net + VN) and the model-agnostic U-Net baseline.
+
+Phase 1 (steps ``[0, phase1_steps)``) trains the parts separately on ground truth:
+``L1(BFR(total), LF) + L1(VN(LF), chi) + L1(Base(LF), chi)``.
+Phase 2 trains NeXtQSM end to end (Algorithm 1 of the paper): ``L1(VN(BFR(total)), chi) +
+L1(BFR(total), LF)``; the baseline inversion U-Net keeps training on ``LF -> chi`` and the
+baseline's background U-Net is the phase-1 BFR (frozen copy taken at the phase switch).
+All L1 losses are mean absolute errors in ppm inside the mask (demeaned when
+``train.demean_loss``: the dipole field does not determine the mean of chi).
+
+Optimiser: Adam (lr 4e-4, betas 0.9/0.999) with linear warm-up and cosine decay over the
+configured total steps. bf16 autocast on CUDA (FFTs stay float32). Optional gradient
+checkpointing. DDP via ``torchrun`` (gloo on CPU, nccl on CUDA).
+
+Exact resume: the sample of global step ``t``, rank ``r``, batch slot ``b`` is item
+``((t * world + r) * batch + b) % n_train`` with augmentation seeded by the same numbers, so the
+data position is the step; checkpoints (``out_dir/last.pt``, written atomically every
+``ckpt_every`` steps) also hold the optimiser, scheduler and all RNG states.
+Logs: ``train.csv``, ``val.csv`` and TensorBoard in ``out_dir/tb``; tqdm progress on rank 0.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from nextqsm.dipole import forward_field
+from nextqsm.models.vn import ScaledUNet, VariationalNetwork
+
+from .config import Config, save_config
+
+KEYS = ("chi", "local_field", "total_field", "mask")
+
+
+# ------------------------------------------------------------------------------------------ data
+class ToyDataset:
+    """Small ellipsoid heads made with ``nextqsm.dipole.forward_field`` (tests, smoke runs).
+
+    Item ``i`` is deterministic from ``(seed, i)``: dict of float32 tensors (1, S, S, S) ``chi``,
+    ``local_field``, ``total_field`` (ppm), ``mask`` {0, 1}, and ``voxel_size``, ``b0_dir`` (3,).
+    """
+
+    def __init__(self, n: int, size: int, seed: int = 0, voxel_size=(1.5, 1.5, 1.5), b0_dir=(0.0, 0.0, 1.0)):
+        self.n, self.size, self.seed = n, size, seed
+        self.voxel_size, self.b0_dir = tuple(voxel_size), tuple(b0_dir)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        s = self.size
+        c = np.stack(np.meshgrid(*[np.linspace(-1, 1, s)] * 3, indexing="ij"))
+        r = np.sqrt((c ** 2).sum(0))
+        mask = r < 0.62
+        chi = np.zeros((s, s, s), np.float32)
+        for _ in range(rng.integers(4, 9)):
+            cen = rng.uniform(-0.4, 0.4, 3)
+            rad = rng.uniform(0.06, 0.25, 3)
+            e = (((c - cen[:, None, None, None]) / rad[:, None, None, None]) ** 2).sum(0) < 1
+            chi[e] += rng.uniform(-0.1, 0.2)
+        chi *= mask
+        head = chi.copy()
+        head[(r > 0.72) & (r < 0.8)] = -1.5  # skull
+        cen = rng.uniform(-0.3, 0.3, 3) + np.array([0, 0.75, -0.2])
+        head[(((c - cen[:, None, None, None]) / 0.12) ** 2).sum(0) < 1] = 9.0  # sinus air
+        lf = forward_field(chi, self.voxel_size, self.b0_dir) * mask
+        tf = forward_field(head, self.voxel_size, self.b0_dir) * mask
+        t = lambda a: torch.from_numpy(np.asarray(a, np.float32))[None]
+        return {"chi": t(chi), "local_field": t(lf), "total_field": t(tf), "mask": t(mask),
+                "voxel_size": torch.tensor(self.voxel_size, dtype=torch.float32),
+                "b0_dir": torch.tensor(self.b0_dir, dtype=torch.float32)}
+
+
+class MakePairDataset:
+    """Items straight from ``nextqsm_training.simulate.make_pair`` (the hybrid generator).
+
+    Item ``i`` = ``make_pair(seed * 1_000_003 + i, size, **kwargs, **cycle[i % len(cycle)])``:
+    ``cycle`` varies options per item (e.g. voxel sizes), deterministically.
+    """
+
+    def __init__(self, n: int, size: int, seed: int = 0, cycle: Optional[list] = None, **kwargs):
+        self.n, self.size, self.seed, self.kwargs = n, size, seed, kwargs
+        self.cycle = list(cycle or [{}])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        from .simulate import make_pair
+
+        d = make_pair(self.seed * 1_000_003 + i, self.size, **self.kwargs, **self.cycle[i % len(self.cycle)])
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        return {**{k: t(d[k])[None] for k in KEYS}, "voxel_size": t(d["voxel_size"]), "b0_dir": t(d["b0_dir"])}
+
+
+class CachedDataset:
+    """Keeps generated items in memory and (optionally) as ``.pt`` files in ``cache_dir``."""
+
+    def __init__(self, ds, cache_dir: Optional[str] = None, tag: str = "train"):
+        self.ds, self.mem = ds, {}
+        self.dir = Path(cache_dir) / tag if cache_dir else None
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        if i in self.mem:
+            return self.mem[i]
+        p = self.dir / f"{i:06d}.pt" if self.dir else None
+        if p is not None and p.exists():
+            item = torch.load(p, weights_only=True)
+        else:
+            item = self.ds[i]
+            item = {k: (v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v), dtype=torch.float32))
+                    for k, v in item.items() if k in KEYS + ("voxel_size", "b0_dir")}
+            if p is not None:
+                tmp = p.with_suffix(".tmp")
+                torch.save(item, tmp)
+                os.replace(tmp, p)
+        if len(self.mem) < 4096:
+            self.mem[i] = item
+        return item
+
+
+def make_dataset(data_cfg, split: str = "train"):
+    """The configured dataset for ``split`` ('train' | 'val'), cached."""
+    n = data_cfg.n_train if split == "train" else data_cfg.n_val
+    seed = data_cfg.seed if split == "train" else data_cfg.val_seed
+    kwargs = dict(data_cfg.kwargs)
+    if split == "val":
+        kwargs.update(data_cfg.val_kwargs)
+    if data_cfg.source == "toy":
+        ds = ToyDataset(n, data_cfg.size, seed, **kwargs)
+    elif data_cfg.source == "make_pair":
+        ds = MakePairDataset(n, data_cfg.size, seed, **kwargs)
+    elif data_cfg.source == "hybrid":
+        from .dataset import HybridDataset
+
+        ds = HybridDataset(n, data_cfg.size, seed, **kwargs)
+    else:
+        from nextqsm.errors import QSMInputError
+
+        raise QSMInputError("config.data.source", f"unknown source {data_cfg.source!r}",
+                            "use 'hybrid', 'make_pair' or 'toy'")
+    return CachedDataset(ds, data_cfg.cache_dir, f"{split}_{data_cfg.source}_{data_cfg.size}_{seed}")
+
+
+def augment(item: dict, seed: tuple) -> dict:
+    """Exact physics-preserving augmentation: random flips of each axis (B0 component negated) and a
+    random swap of the i/j axes (B0 and voxel size permuted). Deterministic from ``seed``."""
+    rng = np.random.default_rng(list(seed))
+    b = item["b0_dir"].clone()
+    vs = item["voxel_size"].clone()
+    out = {k: item[k] for k in KEYS}
+    flips = [ax for ax in range(3) if rng.random() < 0.5]
+    if flips:
+        out = {k: torch.flip(v, dims=[a + 1 for a in flips]) for k, v in out.items()}
+        for a in flips:
+            b[a] = -b[a]
+    if rng.random() < 0.5:
+        out = {k: v.transpose(1, 2) for k, v in out.items()}
+        b = b[[1, 0, 2]]
+        vs = vs[[1, 0, 2]]
+    out = {k: v.contiguous() for k, v in out.items()}
+    out["b0_dir"], out["voxel_size"] = b, vs
+    return out
+
+
+def get_batch(ds, step: int, rank: int, world: int, batch: int, seed: int, aug: bool, device) -> dict:
+    items = []
+    for slot in range(batch):
+        g = (step * world + rank) * batch + slot
+        it = ds[g % len(ds)]
+        items.append(augment(it, (seed, g)) if aug else it)
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in KEYS + ("voxel_size", "b0_dir")}
+
+
+# ----------------------------------------------------------------------------------------- model
+def l1(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, demean: bool = True) -> torch.Tensor:
+    """Mean |a - b| inside mask ``m`` (B, 1, ...), optionally after removing each sample's mean in the mask."""
+    n = m.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1.0)
+    d = (a - b) * m
+    if demean:
+        d = (d - d.sum(dim=(1, 2, 3, 4), keepdim=True) / n) * m
+    return (d.abs().sum(dim=(1, 2, 3, 4)) / n.flatten()).mean()
+
+
+class Bundle(nn.Module):
+    """All trained networks: ``bfr`` and ``vn`` (NeXtQSM) and ``base_inv`` (baseline inversion)."""
+
+    def __init__(self, model_cfg, checkpointing: bool = False, baseline: bool = True):
+        super().__init__()
+        self.bfr = ScaledUNet(model_cfg.bfr, checkpointing)
+        self.vn = VariationalNetwork(**model_cfg.vn, checkpointing=checkpointing)
+        self.base_inv = ScaledUNet(model_cfg.baseline_inv, checkpointing) if baseline else None
+
+    def forward(self, b: dict, phase: int, demean: bool = True) -> dict:
+        m = b["mask"]
+        out = {}
+        lf_hat = self.bfr(b["total_field"], m)
+        out["loss_lf"] = l1(lf_hat, b["local_field"], m, demean)
+        if phase == 1:
+            chi_hat = self.vn(b["local_field"], m, b["voxel_size"], b["b0_dir"])
+        else:
+            chi_hat = self.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
+        out["loss_chi"] = l1(chi_hat, b["chi"], m, demean)
+        loss = out["loss_lf"] + out["loss_chi"]
+        if self.base_inv is not None:
+            out["loss_base"] = l1(self.base_inv(b["local_field"], m), b["chi"], m, demean)
+            loss = loss + out["loss_base"]
+        out["loss"] = loss
+        return out
+
+
+def lr_lambda(tc) -> Callable[[int], float]:
+    total = max(tc.phase1_steps + tc.phase2_steps, 1)
+
+    def f(step: int) -> float:
+        if tc.schedule == "constant":
+            return 1.0
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        p = min((step - tc.warmup_steps) / max(total - tc.warmup_steps, 1), 1.0)
+        return tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return f
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ validation
+@torch.no_grad()
+def validate(bundle: Bundle, base_bfr: Optional[nn.Module], val_ds, device) -> dict:
+    """Challenge metrics on the held-out volumes (means over volumes): NRMSE (demeaned, %) of
+    NeXtQSM end to end (``nrmse``), of the VN on the true local field (``nrmse_vn``), of the
+    background U-Net's local field (``nrmse_lf``), of the baseline (``nrmse_base``), and XSIM."""
+    from .evaluate import score
+
+    was = bundle.training
+    bundle.eval()
+    rows = []
+    for i in range(len(val_ds)):
+        b = {k: v[None].to(device) for k, v in val_ds[i].items()}
+        m = b["mask"]
+        lf_hat = bundle.bfr(b["total_field"], m)
+        chi_hat = bundle.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
+        chi_vn = bundle.vn(b["local_field"], m, b["voxel_size"], b["b0_dir"])
+        np_ = lambda t: t[0, 0].float().cpu().numpy()
+        ref, mk = np_(b["chi"]), np_(m) > 0
+        r = {"nrmse": score(np_(chi_hat), ref, mk)["nrmse"], "xsim": score(np_(chi_hat), ref, mk)["xsim"],
+             "nrmse_vn": score(np_(chi_vn), ref, mk)["nrmse"],
+             "nrmse_lf": score(np_(lf_hat), np_(b["local_field"]), mk)["nrmse"]}
+        if bundle.base_inv is not None:
+            blf = (base_bfr or bundle.bfr)(b["total_field"], m)
+            r["nrmse_base"] = score(np_(bundle.base_inv(blf, m)), ref, mk)["nrmse"]
+        rows.append(r)
+    bundle.train(was)
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+# ------------------------------------------------------------------------------------------ loop
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
+        progress: Optional[Callable[[float, str], None]] = None) -> dict:
+    """Train according to ``cfg`` until ``max_steps`` (global step; default: all configured steps).
+
+    Writes ``cfg.out_dir/{last.pt,best.pt,train.csv,val.csv,config.yaml,tb/}``; with ``resume``
+    continues exactly from ``last.pt``. Returns a summary dict (step, last losses, best metrics).
+    """
+    tc = cfg.train
+    rank, world, local_rank = _dist_env()
+    use_cuda = tc.device in ("auto", "cuda") and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        torch.set_num_threads(max(int(tc.threads), 1))
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed)
+    random.seed(tc.seed)
+
+    bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline).to(device)
+    base_bfr: Optional[nn.Module] = None
+    opt = torch.optim.Adam(bundle.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    step, best, history = 0, {}, []
+    ckpt = out / "last.pt"
+    if resume and ckpt.exists():
+        st = torch.load(ckpt, map_location=device, weights_only=False)
+        bundle.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        step, best = st["step"], st.get("best", {})
+        if st.get("base_bfr") is not None:
+            base_bfr = ScaledUNet(cfg.model.bfr).to(device)
+            base_bfr.load_state_dict(st["base_bfr"])
+        set_rng_state(st["rng"])
+    model = bundle
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(bundle, device_ids=[local_rank] if use_cuda else None)
+
+    total_steps = tc.phase1_steps + tc.phase2_steps
+    end = min(total_steps, max_steps if max_steps is not None else total_steps)
+    train_ds = make_dataset(cfg.data, "train")
+    val_ds = make_dataset(cfg.data, "val") if cfg.data.n_val > 0 else None
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"))
+        except Exception:  # tensorboard not installed: CSV logs only
+            writer = None
+    bar = None
+    if rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=end, initial=step, desc="nextqsm fit", dynamic_ncols=True, mininterval=5)
+    demean = bool(tc.demean_loss)
+
+    def checkpoint_now(val: Optional[dict] = None):
+        if rank != 0:
+            return
+        st = {"step": step, "model": bundle.state_dict(), "optimizer": opt.state_dict(),
+              "scheduler": sched.state_dict(), "rng": rng_state(), "best": best, "config": cfg.to_dict(),
+              "base_bfr": base_bfr.state_dict() if base_bfr is not None else None}
+        save_atomic(st, ckpt)
+
+    t_last = time.perf_counter()
+    bundle.train()
+    last = {}
+    while step < end:
+        phase = 1 if step < tc.phase1_steps else 2
+        if phase == 2 and base_bfr is None and tc.train_baseline:
+            base_bfr = copy.deepcopy(bundle.bfr).eval()  # the baseline's U-Net BFR = phase-1 BFR
+            for p in base_bfr.parameters():
+                p.requires_grad_(False)
+        b = get_batch(train_ds, step, rank, world, tc.batch_size, cfg.data.seed, cfg.data.augment, device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and tc.amp):
+            losses = model(b, phase, demean)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(bundle.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        last = {k: float(v.detach()) for k, v in losses.items()}
+        if rank == 0:
+            bar.update(1)
+            bar.set_postfix(phase=phase, loss=f"{last['loss']:.4f}", refresh=False)
+            if step % tc.log_every == 0 or step == end:
+                now = time.perf_counter()
+                row = {"step": step, "phase": phase, "lr": sched.get_last_lr()[0], **last,
+                       "sec_per_step": (now - t_last) / tc.log_every, "time": time.time()}
+                t_last = now
+                _append_csv(out / "train.csv", row)
+                if writer:
+                    for k, v in row.items():
+                        if k not in ("step", "time"):
+                            writer.add_scalar(f"train/{k}", v, step)
+        if progress is not None and rank == 0:
+            progress(step / max(end, 1), f"step {step}/{end} phase {phase} loss {last['loss']:.4f}")
+        do_val = val_ds is not None and (step % tc.val_every == 0 or step == end)
+        if do_val and rank == 0:
+            val = validate(bundle, base_bfr, val_ds, device)
+            val.update(step=step, phase=phase)
+            history.append(val)
+            _append_csv(out / "val.csv", val)
+            if writer:
+                for k, v in val.items():
+                    if k not in ("step",):
+                        writer.add_scalar(f"val/{k}", v, step)
+            key = "nrmse" if phase == 2 else "nrmse_vn"  # phase 1: the VN on the true local field
+            if not best or phase > best.get("phase", 0) or val[key] < best.get(key, math.inf):
+                best = dict(val)
+                save_atomic({"step": step, "model": bundle.state_dict(), "config": cfg.to_dict(), "metrics": val,
+                             "base_bfr": (base_bfr or bundle.bfr).state_dict()}, out / "best.pt")
+        if rank == 0 and (step % tc.ckpt_every == 0 or step == end):
+            checkpoint_now()
+        if world > 1 and (step % tc.ckpt_every == 0 or step == end):
+            dist.barrier()
+    if bar is not None:
+        bar.close()
+    if writer:
+        writer.close()
+    return {"step": step, "last": last, "best": best, "out_dir": str(out)}
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+# ---------------------------------------------------------------------------------------- export
+def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] = None, data: str = "") -> dict:
+    """Write the networks of a ``fit`` checkpoint as safetensors + manifest entries.
+
+    Models: ``nextqsm-bfr``, ``nextqsm-vn``, ``baseline-bfr`` (the phase-1 background U-Net) and
+    ``baseline-inv``. The manifest records the architecture, the training config, ``data``,
+    the step and the validation metrics stored in the checkpoint. Returns the entries.
+    """
+    from nextqsm.models.weights import save_model
+
+    from .config import from_dict
+
+    st = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = from_dict(st["config"])
+    bundle = Bundle(cfg.model, baseline=cfg.train.train_baseline)
+    bundle.load_state_dict(st["model"])
+    metrics = st.get("metrics") or st.get("best") or {}
+    training = {"steps": int(st["step"]), "config": st["config"], "data": data or _describe_data(cfg),
+                "checkpoint": str(checkpoint)}
+    entries = {"nextqsm-bfr": save_model(bundle.bfr, "nextqsm-bfr", weights_dir, training, metrics),
+               "nextqsm-vn": save_model(bundle.vn, "nextqsm-vn", weights_dir, training, metrics)}
+    if bundle.base_inv is not None:
+        base_bfr = ScaledUNet(cfg.model.bfr)
+        base_bfr.load_state_dict(st.get("base_bfr") or bundle.bfr.state_dict())
+        entries["baseline-bfr"] = save_model(base_bfr, "baseline-bfr", weights_dir, training, metrics)
+        entries["baseline-inv"] = save_model(bundle.base_inv, "baseline-inv", weights_dir, training, metrics)
+    return entries
+
+
+def _describe_data(cfg: Config) -> str:
+    d = cfg.data
+    return (f"source={d.source} size={d.size}^3 n_train={d.n_train} seed={d.seed} kwargs={d.kwargs}; "
+            f"validation: n_val={d.n_val} seed={d.val_seed} kwargs={d.val_kwargs}")

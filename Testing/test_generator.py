@@ -1,0 +1,273 @@
+"""Hybrid training-data generator: determinism, physics consistency, external sources, statistics,
+dataset/cache/CLI. Small grids (32-64) so the whole file runs in well under a minute on 2 cores."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nextqsm.dipole import forward_field
+from nextqsm_training import deform, external, labels, label_sources, simulate, susceptibility
+from nextqsm_training.labels import Tissue
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SYNTHSEG = DATA / "synthseg_training_label_maps"
+needs_synthseg = pytest.mark.skipif(not (SYNTHSEG / "training_seg_13.nii.gz").exists(),
+                                    reason=f"SynthSeg label maps not found in {SYNTHSEG}")
+
+PROC = "procedural:0"
+
+
+def nrmse(a, ref, m):
+    return float(np.linalg.norm((a - ref)[m]) / np.linalg.norm(ref[m]))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    # tilted B0 and anisotropic voxels always on: the consistency checks must hold for them
+    return simulate.make_pair(5, size=48, source=PROC, return_labels=True, smooth_field=(0.0, 0.0),
+                              b0_tilt_deg=(1.0, 25.0), anisotropy=(1.0, 0.8, 1.25))
+
+
+def test_shapes_dtypes(pair):
+    for k in ("chi", "local_field", "total_field", "chi_external"):
+        assert pair[k].shape == (48, 48, 48) and pair[k].dtype == np.float32, k
+        assert np.isfinite(pair[k]).all(), k
+    assert pair["mask"].dtype == np.uint8 and set(np.unique(pair["mask"])) <= {0, 1}
+    assert pair["voxel_size"].shape == (3,) and pair["b0_dir"].shape == (3,)
+    assert abs(np.linalg.norm(pair["b0_dir"]) - 1) < 1e-5
+    assert pair["b0_dir"][2] < 0.9999           # tilted
+    assert 0.03 < pair["mask"].mean() < 0.6
+    m = pair["mask"].astype(bool)
+    for k in ("chi", "local_field", "total_field"):
+        assert np.all(pair[k][~m] == 0), f"{k} not masked"
+
+
+def test_determinism():
+    a = simulate.make_pair(11, size=32, source=PROC)
+    b = simulate.make_pair(11, size=32, source=PROC)
+    c = simulate.make_pair(12, size=32, source=PROC)
+    for k in ("chi", "local_field", "total_field", "mask", "voxel_size", "b0_dir"):
+        assert np.array_equal(a[k], b[k]), k
+    assert not np.array_equal(a["chi"], c["chi"])
+
+
+def test_local_field_matches_independent_forward_model(pair):
+    m = pair["mask"].astype(bool)
+    ref = forward_field(pair["chi"], pair["voxel_size"], pair["b0_dir"])   # core numpy, full FFT, pad n/4
+    assert nrmse(pair["local_field"], ref, m) < 0.02
+
+
+def test_half_kernel_equals_core_kernel():
+    from nextqsm.dipole import dipole_kernel
+
+    sh, vs, b = (20, 18, 16), (1.0, 1.2, 0.9), (0.2, -0.3, 0.93)
+    h = simulate.half_kernel(sh, vs, b).numpy()
+    d = dipole_kernel(sh, vs, b)
+    assert np.allclose(h[:, :, 1:8], d[:, :, 1:8], atol=1e-6)
+    x = np.random.default_rng(0).standard_normal(sh).astype(np.float32)
+    full = np.fft.ifftn(np.fft.fftn(x) * d).real
+    half = torch.fft.irfftn(torch.fft.rfftn(torch.from_numpy(x)) * torch.from_numpy(h), s=sh).numpy()
+    assert np.allclose(full, half, atol=1e-5)
+
+
+def test_external_sources_never_touch_the_brain(pair):
+    m = pair["mask"].astype(bool)
+    assert np.all(pair["chi_external"][m] == 0)
+    # the random ellipsoids respect the keep-out region exactly
+    keep = torch.zeros((40, 40, 40), dtype=torch.bool)
+    keep[10:30, 8:32, 12:28] = True
+    ext = torch.full((40, 40, 40), float("nan"))
+    n = external.random_ellipsoids(ext, keep, (1.0, 1.0, 1.0), np.random.default_rng(0), n=100)
+    assert n == 100
+    painted = ~torch.isnan(ext)
+    assert not painted[keep].any()
+    assert painted.float().mean() > 0.3            # they do fill the space around
+    vals = ext[painted]
+    assert (vals > 5).float().mean() > 0.6          # mostly air-like (~9.2 ppm)
+
+
+def test_total_is_local_plus_harmonic_background(pair):
+    m = pair["mask"].astype(bool)
+    bg = pair["total_field"] - pair["local_field"]
+    # the external sources fill the FOV up to its edges, so compare with the same zero padding
+    ref = forward_field(pair["chi_external"], pair["voxel_size"], pair["b0_dir"], pad=pair["pad"]) * m
+    assert nrmse(bg, ref, m) < 0.01
+    # the background is harmonic inside the brain: relative to its size, its (discrete) Laplacian is
+    # tiny compared with the local field's (which carries the dipole sources)
+    inner = external.erode(torch.from_numpy(m), 3).numpy()
+
+    vs = pair["voxel_size"].astype(np.float64)
+
+    def lap(f):   # physical Laplacian (anisotropic voxels)
+        f = f.astype(np.float64)
+        return sum((np.roll(f, 1, a) + np.roll(f, -1, a) - 2 * f) / vs[a] ** 2 for a in range(3))
+
+    assert inner.sum() > 100
+    def rel_curvature(f):
+        return np.sqrt(np.mean(lap(f)[inner] ** 2)) / np.std(f[inner])
+
+    assert rel_curvature(bg) < 0.15 * rel_curvature(pair["local_field"])
+    lf = pair["local_field"][m]
+    assert np.std(bg[m]) > 5 * np.std(lf)           # background removal matters
+
+
+def test_chi_statistics_per_class():
+    rng = np.random.default_rng(0)
+    codes = [2, 3, 24, 11, 12, 13, 10, 28, 515, 0]
+    vals = np.stack([susceptibility.sample_label_values(codes, rng) for _ in range(400)])
+    med = dict(zip(codes, np.median(vals, 0)))
+    assert med[13] > med[12] > med[3] > med[24] > med[2]          # pallidum > putamen > GM > CSF > WM
+    assert abs(med[24]) < 0.01 and -0.06 < med[2] < -0.02 and 0.13 < med[13] < 0.22
+    assert abs(med[0] - 9.2) < 0.5 and abs(med[515] + 2.0) < 0.3
+    # the global scale is shared by a brain: pallidum/putamen ratio near the class-mean ratio
+    assert np.corrcoef(vals[:, 5], vals[:, 4])[0, 1] > 0
+    # realistic=False gives the class means exactly
+    fixed = susceptibility.sample_label_values(codes, rng, realistic=False)
+    assert fixed[codes.index(13)] == pytest.approx(labels.CLASS_PPM[Tissue.PALLIDUM][0])
+
+
+def test_chi_in_pair_follows_labels():
+    p = simulate.make_pair(3, size=48, source=PROC, return_labels=True, p_realistic=1.0, global_scale=(1, 1),
+                           texture_ppm=0.0, veins=None, lesions=None, microbleeds=None, calcifications=None)
+    m = p["mask"].astype(bool)
+    for code in (2, 3, 13):
+        sel = (p["labels"] == code) & m
+        if sel.sum() < 5:
+            continue
+        mu, sd = labels.CLASS_PPM[labels.tissue_of(code)]
+        assert abs(np.median(p["chi"][sel]) - mu) < 4 * sd
+
+
+def test_deformation_identity_and_smoothness():
+    src = torch.from_numpy(np.random.default_rng(0).integers(0, 5, (20, 22, 24)).astype(np.uint8))
+    centre = (np.array(src.shape) - 1) / 2.0
+    out = deform.deform_labels(src, (1, 1, 1), centre, src.shape, (1, 1, 1))
+    assert torch.equal(out, src)
+    u = deform.random_elastic(np.random.default_rng(1), (32, 32, 32), (100, 100, 100), max_std_mm=3.0)
+    assert u.shape == (3, 32, 32, 32) and float(u.abs().max()) < 20
+    grad = (u[:, 1:] - u[:, :-1]).abs().max() / (100 / 31)        # mm per mm between neighbours
+    assert float(grad) < 1.0                                       # smooth, no folding
+    zero = deform.integrate_svf(torch.zeros(1, 3, 8, 8, 8))
+    assert float(zero.abs().max()) == 0
+
+
+def test_dataset_multiworker_deterministic():
+    from nextqsm_training.dataset import HybridDataset
+
+    ds = HybridDataset(4, size=32, seed=7, sources=PROC)
+    direct = [ds[i] for i in range(4)]
+    for k in ("chi", "local_field", "total_field", "mask"):
+        assert direct[0][k].shape == (1, 32, 32, 32) and direct[0][k].dtype == torch.float32
+    assert direct[0]["voxel_size"].shape == (3,) and direct[0]["b0_dir"].shape == (3,)
+    dl = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    batches = list(dl)
+    got = torch.cat([b["chi"] for b in batches])
+    want = torch.stack([d["chi"] for d in direct])
+    assert torch.equal(got, want)
+
+
+def test_cache_shards_roundtrip_and_resume(tmp_path):
+    from nextqsm_training.cache import CacheReader, write_cache
+    from nextqsm_training.dataset import HybridDataset
+
+    m = write_cache(tmp_path / "c", n=3, size=32, seed=1, sources=PROC, shard_size=2, progress=False)
+    assert m["complete"] and len(m["shards"]) == 2
+    assert (tmp_path / "c" / "qa_00000.png").stat().st_size > 1000
+    r = CacheReader(tmp_path / "c")
+    ds = HybridDataset(3, size=32, seed=1, sources=PROC)
+    for i in range(3):
+        a, b = r[i], ds[i]
+        for k in ("chi", "local_field", "total_field", "mask"):
+            assert np.array_equal(a[k].astype(np.float32), b[k][0].numpy()), (i, k)
+    calls = []
+    write_cache(tmp_path / "c", n=3, size=32, seed=1, sources=PROC, shard_size=2, progress=False,
+                on_pair=calls.append)
+    assert calls == []          # everything was already there
+
+
+def test_user_aseg_without_head_gets_shells(tmp_path):
+    import nibabel as nib
+
+    lab, vs = label_sources.procedural_head(1)
+    lab = np.where(lab >= 500, 0, lab)
+    lab[lab == 24] = 0                       # an aseg-like brain-only map
+    lia = np.transpose(lab, (0, 2, 1))[::-1, ::-1, :]    # RAS -> LIA (like FreeSurfer conformed)
+    aff = np.array([[-2.0, 0, 0, 100], [0, 0, 2.0, -100], [0, -2.0, 0, 100], [0, 0, 0, 1]])
+    path = tmp_path / "aseg.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(lia).astype(np.int16), aff), str(path))
+    back, vs2 = label_sources.load_label_file(path)
+    assert vs2 == (2.0, 2.0, 2.0)
+    vol = label_sources.expand_sources(str(path))[0].load()
+    assert 515 in vol.codes and 511 in vol.codes       # skull and skin shells added
+    p = simulate.make_pair(0, size=32, source=str(path))
+    assert p["mask"].sum() > 100
+
+
+def test_generate_cli_nifti(tmp_path):
+    out = tmp_path / "gen"
+    exe = REPO / ".venv" / "bin" / "nextqsm-train"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "nextqsm_training.cli"]
+    r = subprocess.run(cmd + ["generate", "--n", "2", "--size", "40", "--format", "nifti", "--source", PROC,
+                              "--out", str(out), "--seed", "3"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr
+    import nibabel as nib
+
+    pairs = sorted(out.glob("pair_*"))
+    assert len(pairs) == 2 and (out / "manifest.json").exists() and list(out.glob("qa_*.png"))
+    for d in pairs:
+        meta = json.loads((d / "pair.json").read_text())
+        img = {n: nib.load(str(d / f"{n}.nii.gz")) for n in ("chi", "localfield", "totalfield", "mask")}
+        assert np.allclose(img["chi"].header.get_zooms(), meta["voxel_size_mm"], atol=1e-5)
+        chi = np.asarray(img["chi"].dataobj)
+        lf = np.asarray(img["localfield"].dataobj)
+        tf = np.asarray(img["totalfield"].dataobj)
+        m = np.asarray(img["mask"].dataobj).astype(bool)
+        assert nrmse(lf, forward_field(chi, meta["voxel_size_mm"], meta["b0_dir"]), m) < 0.02
+        bg = (tf - lf)[m]
+        lo = lf[m]
+        assert np.std(bg - bg.mean()) >= 5 * np.std(lo - lo.mean())
+
+
+def test_bad_source_is_a_user_error():
+    from nextqsm.errors import QSMInputError
+
+    with pytest.raises(QSMInputError):
+        label_sources.expand_sources("/no/such/labels.nii.gz")
+
+
+@needs_synthseg
+def test_synthseg_labels_all_classified():
+    vol = label_sources.LabelSource("synthseg", "13").load()
+    unknown = [int(c) for c in vol.codes if int(c) not in labels.LABEL_TO_TISSUE]
+    assert unknown == []
+    assert label_sources.HELD_OUT == (13, 14, 15, 16) and 13 not in label_sources.TRAIN_MAPS
+
+
+@needs_synthseg
+def test_realistic_head_small():
+    from nextqsm_training.heads import realistic_head
+
+    h = realistic_head(13, size=64, voxel_size=None, b0_dir=(0.1, 0.0, 1.0))
+    m = h["mask"].astype(bool)
+    for k in ("chi", "local_field", "total_field"):
+        assert h[k].shape == (64, 64, 64) and h[k].dtype == np.float32
+    seg = h["seg"]
+    for cls in (Tissue.WM, Tissue.GM, Tissue.PALLIDUM, Tissue.PUTAMEN, Tissue.CAUDATE, Tissue.THALAMUS):
+        sel = (seg == cls) & m
+        assert sel.sum() > 3, cls
+        assert np.median(h["chi"][sel]) == pytest.approx(labels.CLASS_PPM[cls][0], abs=1e-6), cls
+    assert nrmse(h["local_field"], forward_field(h["chi"], h["voxel_size"], h["b0_dir"]), m) < 0.02
+    bg = (h["total_field"] - h["local_field"])[m]
+    assert np.std(bg) > 5 * np.std(h["local_field"][m])
+    h2 = realistic_head(13, size=64, voxel_size=None, b0_dir=(0.1, 0.0, 1.0), noise=0.01)
+    assert np.array_equal(h2["local_field_clean"], h["local_field"])
+    assert not np.array_equal(h2["local_field"], h["local_field"])
