@@ -25,7 +25,6 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 MIN_TORCH_VERSION = (2, 2)
-TORCH_METHODS = ("nextqsm", "tgv", "unet-baseline")
 METHOD_PARAMETERS = {  # method name -> parameter node field (check box)
     "nextqsm": "useNeXtQSM", "tgv": "useTGV", "vsharp-ilsqr": "useVSharpILSQR", "vsharp-tv": "useVSharpTV",
     "pdf-tv": "usePDFTV", "vsharp-l2": "useVSharpL2", "tkd": "useTKD",
@@ -205,7 +204,7 @@ class NeXtQSMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         p = self._parameterNode
         methods = self.selectedMethods()
-        if any(m in TORCH_METHODS for m in methods) and not self.logic.ensureTorch(askConsent=True):
+        if self.logic.needsTorch(methods) and not self.logic.ensureTorch(askConsent=True):
             return
         with slicer.util.tryWithErrorDisplay("NeXtQSM could not start.", waitCursor=True):
             self._run = self.logic.start(
@@ -308,8 +307,8 @@ class NeXtQSMLogic(ScriptedLoadableModuleLogic):
         kwargs: phase_units ('wrapped_rad'|'unwrapped_rad'|'hz'|'ppm'), te_ms, b0_t, b0_dir, device,
         field_kind ('total'|'local'), method_params {method: {param: value}}, progress, timeout.
         """
-        if any(m in TORCH_METHODS for m in methods) and not self.ensureTorch(askConsent=False):
-            raise RuntimeError("PyTorch is needed for " + ", ".join(m for m in methods if m in TORCH_METHODS)
+        if self.needsTorch(methods) and not self.ensureTorch(askConsent=False):
+            raise RuntimeError("PyTorch is needed for " + ", ".join(self.needsTorch(methods))
                                + ": install the PyTorch extension (PyTorchUtils)")
         return self.core.run(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)
 
@@ -352,6 +351,13 @@ class NeXtQSMLogic(ScriptedLoadableModuleLogic):
         return out
 
     # torch via the PyTorch extension ------------------------------------------
+    @staticmethod
+    def needsTorch(methods) -> list:
+        """The methods in ``methods`` that need PyTorch (from the registry; torch is not imported)."""
+        from nextqsm.pipeline import METHODS
+
+        return [m for m in methods if m in METHODS and METHODS[m].needs_torch]
+
     @staticmethod
     def torchVersion() -> Optional[str]:
         """Installed torch version (from package metadata: torch is NOT imported in the GUI process)."""

@@ -100,20 +100,23 @@ def test_vn_shapes_lambdas_and_gradient_flow():
 
 
 def test_vn_overfits_one_tiny_batch():
-    """40 Adam steps on one 16^3 volume reduce the L1 loss by at least 3x (measured ~5-10x)."""
+    """30 Adam steps on one 12^3 volume at least halve the (demeaned) L1 loss (measured: 2.3x)."""
+    from nextqsm_training.train import l1
+
     torch.manual_seed(0)
-    chi, lf, mask = toy(16)
-    vn = VariationalNetwork(steps=2, unet={"base": 4, "depth": 1, "convs": 1})
-    opt = torch.optim.Adam(vn.parameters(), lr=3e-3)
+    chi, lf, mask = toy(12)
+    vn = VariationalNetwork(steps=2, unet={"base": 8, "depth": 1, "convs": 1})
+    rest = [p for n, p in vn.named_parameters() if n != "rho"]
+    opt = torch.optim.Adam([{"params": rest}, {"params": [vn.rho], "lr": 0.1}], lr=1e-2)
     f, m, ref = t5(lf), t5(mask), t5(chi)
     losses = []
-    for _ in range(40):
-        loss = ((vn(f, m) - ref).abs() * m).sum() / m.sum()
+    for _ in range(30):
+        loss = l1(vn(f, m), ref, m)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
-    assert losses[-1] < losses[0] / 3, losses[::8]
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] / 2, losses[::6]
 
 
 @pytest.mark.parametrize("cls", ["vn", "unet"])
@@ -145,7 +148,7 @@ def test_oblique_b0_from_affine_uses_the_tilted_kernel():
     assert not torch.allclose(k, batch_kernels(shape, (1, 1, 1), (0, 0, 1), 1))
     # per-sample kernels in one batch
     kb = batch_kernels(shape, (1, 1, 1), torch.tensor([b0, (0.0, 0.0, 1.0)]), 2)
-    assert kb.shape[0] == 2 and torch.equal(kb[0, 0], ref)
+    assert kb.shape[0] == 2 and torch.allclose(kb[0, 0], ref, atol=1e-6)
     chi, lf, mask = toy(16, b0=b0)
     vn = VariationalNetwork(steps=2, unet=TINY)
     with torch.no_grad():
@@ -154,18 +157,19 @@ def test_oblique_b0_from_affine_uses_the_tilted_kernel():
     assert not torch.allclose(a, b)
 
 
-def test_tiled_apply_close_to_full():
+def test_tiled_apply_matches_full_when_overlap_covers_receptive_field():
     torch.manual_seed(0)
-    net = UNet3D(base=4, depth=2, convs=1).eval()
+    net = UNet3D(base=4, depth=1, convs=1).eval()  # receptive-field radius 6 voxels
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        x = torch.randn(1, 1, 40, 36, 28)
+        x = torch.randn(1, 1, 31, 27, 22)
         full = net(x)
         tiled = tiled_apply(net, x, tile=24, overlap=8)
+        rough = tiled_apply(net, x, tile=16, overlap=2)  # overlap below the receptive field: approximate
     assert tiled.shape == full.shape
-    rel = float((tiled - full).norm() / full.norm())
-    assert rel < 0.05, rel
+    assert float((tiled - full).abs().max()) <= 1e-5 * float(full.abs().max())
+    assert rough.shape == full.shape and not torch.allclose(rough, full)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +224,9 @@ def test_pipeline_methods_run(weights_dir, method, kind):
     assert res.chi.shape == big.shape and res.chi.dtype == np.float32 and np.isfinite(res.chi).all()
     assert not res.chi[~big].any()
     assert res.device == "cpu" and "inversion" in res.timings and stages[-1] == "done"
-    assert res.params["crop_shape"] == [min(20 + 16, n) for n in big.shape] or res.params["crop_shape"]
+    idx = np.nonzero(big)
+    expect = [min(int(i.max()) + 9, n) - max(int(i.min()) - 8, 0) for i, n in zip(idx, big.shape)]
+    assert res.params["crop_shape"] == expect  # mask bounding box + 8-voxel margin, clipped
 
 
 def test_pipeline_oblique_input_and_tiling(weights_dir):

@@ -94,10 +94,15 @@ def test_chi_lands_at_the_right_physical_position(las_case):
         mrml.volume_to_nifti(c["out"].chi[m], p)
         img = nib.load(str(p))
         np.testing.assert_allclose(img.affine[:3, :3] @ np.diag([1, 1, -1]), c["affine"][:3, :3], atol=1e-6)
-        back = np.asarray(img.dataobj)[..., ::-1]
-        scale = np.abs(direct).max()
-        err = np.abs(back - direct).max() / scale
-        assert err < 0.05, f"{m}: max difference {err:.3f} of the chi range"
+        stored = np.asarray(img.dataobj)
+        back = stored[..., ::-1]
+        # relative RMS difference; not 0 because the FFT zero padding (a quarter of each axis, rounded
+        # to a fast length) is not symmetric under the k-flip: measured 8 % for TKD on this tiny
+        # 7 mm grid, falling to 1.4 % with 40 voxels of padding (the geometry itself is exact)
+        err = np.linalg.norm(back - direct) / np.linalg.norm(direct)
+        assert err < 0.12, f"{m}: relative difference {err:.3f} from the direct run on the file grid"
+        wrong = np.linalg.norm(stored - direct) / np.linalg.norm(direct)  # ignoring the flip: far off
+        assert wrong > 5 * err, (wrong, err)
         # (accuracy is not the point at 7 mm voxels; the methods' own tests measure it)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -86,14 +88,14 @@ def main(argv=None) -> int:
     fig.suptitle(f"NeXtQSM module logic, simulated head: wrapped phase, TE {meta['te_ms'][0]:g} ms, {meta['b0_t']:g} T,\n"
                  f"{'x'.join(map(str, args.shape))} voxels of {args.voxel} mm; chi window -0.15..0.25 ppm, "
                  f"difference -0.1..0.1 ppm", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     fig.savefig(outdir / "comparison.png", dpi=90)
     (outdir / "comparison.json").write_text(json.dumps(
         {"methods": methods, "nrmse_percent_vs_truth_in_mask": nrmse, "wall_s": wall, "device": out.device,
          "timings_s": out.timings, "roi": rows, "command": "python scripts/slicer_comparison_figure.py "
-         + " ".join(argv if argv is not None else __import__("sys").argv[1:])}, indent=2))
+         + shlex.join(argv if argv is not None else sys.argv[1:])}, indent=2))
     print(json.dumps({"nrmse": nrmse, "wall_s": round(wall, 1), "device": out.device}))
     return 0
 

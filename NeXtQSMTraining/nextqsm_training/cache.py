@@ -192,6 +192,9 @@ def write_cache(out: str | os.PathLike, n: int, size: int, seed: int = 0, source
     todo = [i for i in range(0, n, shard_size) if i not in done]
 
     indices = [i for f in todo for i in range(f, min(f + shard_size, n))]
+    if workers and indices:
+        for s in srcs:   # load once here; forked workers share the maps
+            s.load()
     loader = torch.utils.data.DataLoader(_Pairs(indices, seed, size, srcs, qa, opts), batch_size=None,
                                          num_workers=int(workers), collate_fn=_identity,
                                          worker_init_fn=_worker_init)

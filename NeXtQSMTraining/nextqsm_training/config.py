@@ -62,6 +62,7 @@ class TrainConfig:
     phase2_steps: int = 1000
     batch_size: int = 1
     lr: float = 4e-4
+    lambda_lr_mult: float = 1.0  # learning-rate factor for the VN step sizes (softplus^-1 lambda)
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
     schedule: str = "cosine"  # 'cosine' (linear warm-up then cosine to min_lr_frac) | 'constant'

@@ -45,13 +45,19 @@ class HybridDataset(Dataset):
     maps when present, else procedural heads). ``opts``: options of :func:`simulate.make_pair`
     (e.g. ``noise="random"`` for training inputs with field noise; the clean fields then come
     as ``local_field_clean`` / ``total_field_clean``). ``return_labels`` adds ``labels``.
+    ``preload=True`` loads every label map now (a few s each), so that forked DataLoader workers
+    share them instead of each loading its own copy.
     """
 
-    def __init__(self, n: int, size: int = 64, seed: int = 0, sources=None, return_labels: bool = False, **opts):
+    def __init__(self, n: int, size: int = 64, seed: int = 0, sources=None, return_labels: bool = False,
+                 preload: bool = False, **opts):
         self.n = int(n)
         self.size = int(size)
         self.seed = int(seed)
         self.sources = expand_sources(sources)
+        if preload:
+            for s in self.sources:
+                s.load()
         self.return_labels = return_labels
         self.opts = opts
 

@@ -60,7 +60,7 @@ def integrate_svf(v: torch.Tensor, steps: int = 6) -> torch.Tensor:
 
 
 def random_elastic(rng: np.random.Generator, out_shape: Sequence[int], fov_mm: Sequence[float],
-                   max_std_mm: float = 3.0, low_res: tuple[int, int] = (5, 9), int_res: int = 32,
+                   max_std_mm: float = 3.0, low_res: tuple[int, int] = (5, 9), int_res: int = 24,
                    device=None) -> torch.Tensor:
     """Smooth random displacement (mm), shape (3, *out_shape), float32 on ``device``.
 
@@ -93,15 +93,18 @@ def sample_labels(src_idx: torch.Tensor, src_voxel: Sequence[float], points_mm: 
     """
     shape = src_idx.shape
     out_shape = points_mm.shape[1:]
-    idx = []
-    inside = torch.ones(out_shape, dtype=torch.bool, device=points_mm.device)
-    for a in range(3):
-        ia = torch.round(points_mm[a] / float(src_voxel[a])).to(torch.int64)
-        inside &= (ia >= 0) & (ia < shape[a])
-        idx.append(ia.clamp_(0, shape[a] - 1))
-    flat = (idx[0] * shape[1] + idx[1]) * shape[2] + idx[2]
-    out = src_idx.reshape(-1)[flat.reshape(-1)].reshape(out_shape)
-    return torch.where(inside, out, torch.zeros_like(out))
+    inside = None
+    flat = None
+    for a in range(3):   # float32 index arithmetic is exact below 2**24 voxels
+        ia = torch.round(points_mm[a] * (1.0 / float(src_voxel[a])))
+        ok = (ia >= 0) & (ia <= shape[a] - 1)
+        inside = ok if inside is None else inside & ok
+        ia.clamp_(0, shape[a] - 1)
+        flat = ia if flat is None else flat * shape[a] + ia
+    if src_idx.numel() >= 2 ** 24:
+        raise ValueError("label volume too large for float32 indexing; crop or stride it")
+    out = src_idx.reshape(-1)[flat.reshape(-1).to(torch.int64)].reshape(out_shape)
+    return out * inside
 
 
 def deform_labels(src_idx: torch.Tensor, src_voxel: Sequence[float], centre_src_mm: Sequence[float],

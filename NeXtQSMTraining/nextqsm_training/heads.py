@@ -5,7 +5,8 @@
 randomised) physically realistic ppm per tissue class (:data:`labels.CLASS_PPM` means: WM -0.04,
 cortex 0.03, CSF 0, caudate/putamen 0.075, pallidum 0.175, thalamus 0.04, ventral DC 0.09, veins
 0.38, dural sinuses 0.3, bone -2, marrow -1, air +9.2 relative to tissue), plus a few seeded veins.
-The total field is computed on a grid covering the **whole head** (so sinuses, skull and the
+External chi gets a [1, 2, 1]/4 partial-volume blur (re-masked) before the forward model, as in
+:mod:`simulate`. The total field is computed on a grid covering the **whole head** (so sinuses, skull and the
 air around the head all contribute a realistic background), then cropped to ``size``^3 around the
 brain centre. No deformation is applied.
 """
@@ -18,9 +19,9 @@ import numpy as np
 import torch
 
 from .deform import sample_labels, output_grid_mm
-from .external import dilate, erode
+from .external import binomial_blur, erode
 from .label_sources import HELD_OUT, TRAIN_MAPS, LabelSource, expand_sources  # noqa: F401 (re-exported)
-from .labels import Tissue, VENTRICLE_LABELS, is_brain_label, tissue_lut
+from .labels import is_brain_label, is_mask_label, tissue_lut
 from .simulate import forward_fields
 from .susceptibility import add_veins, sample_label_values
 
@@ -54,9 +55,7 @@ def _head(src: LabelSource, size: int, seed: int, b0: tuple, vs: tuple | None, v
     values = torch.from_numpy(sample_label_values(codes, rng, realistic=False))
     chi = values[idx.long()]
     brain = torch.from_numpy(np.array([is_brain_label(c) for c in codes]))[idx.long()]
-    csf = torch.from_numpy((tissue_lut(codes) == int(Tissue.CSF)) | np.isin(codes, list(VENTRICLE_LABELS)))[idx.long()]
-    r = max(1, int(round(3.0 / vsa.min())))
-    mask = brain | (erode(dilate(brain, r), r) & csf)
+    mask = torch.from_numpy(np.array([is_mask_label(c) for c in codes]))[idx.long()]
     if veins:
         add_veins(chi, erode(brain, 1), rng, vsa, n_range=(10, 10), value=(0.38, 0.38), radius_mm=(0.8, 1.4))
     off = [(b - size) // 2 for b in big]
@@ -65,14 +64,19 @@ def _head(src: LabelSource, size: int, seed: int, b0: tuple, vs: tuple | None, v
     inner[tuple(slice(o + 1, o + size - 1) for o in off)] = True
     mask &= inner
     chi_brain = chi * mask
-    f = forward_fields(torch.stack([chi_brain, chi]), vsa, b0, pad=None)
+    # local field on the crop (core default padding); background from everything else on the
+    # whole-head grid (16 voxels of zero padding: the grid already has 8 mm of air around the head)
+    local = forward_fields(chi_brain[sl][None], vsa, b0, pad=None)[0]
+    ext = binomial_blur(chi - chi_brain, 1) * (~mask)   # partial volume (no Gibbs ringing into the brain)
+    bg = forward_fields(ext[None], vsa, b0, pad=16)[0][sl]
     m = mask[sl]
     mf = m.float()
+    f = (local * mf, (local + bg) * mf)
     tis = torch.from_numpy(tissue_lut(codes))[idx.long()][sl]
     return {
         "chi": chi_brain[sl].numpy().astype(np.float32),
-        "local_field": (f[0][sl] * mf).numpy().astype(np.float32),
-        "total_field": (f[1][sl] * mf).numpy().astype(np.float32),
+        "local_field": f[0].numpy().astype(np.float32),
+        "total_field": f[1].numpy().astype(np.float32),
         "mask": m.numpy().astype(np.uint8),
         "seg": (tis * m).numpy().astype(np.uint8),
         "labels": codes[idx[sl].numpy()].astype(np.int32),

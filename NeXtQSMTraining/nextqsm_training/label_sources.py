@@ -128,6 +128,28 @@ def load_label_file(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, f
     return np.ascontiguousarray(data), tuple(float(v) for v in vs)
 
 
+def mark_sulcal_csf(labels: np.ndarray, voxel_size: Sequence[float], radius_mm: float = 2.5) -> np.ndarray:
+    """Relabel CSF inside the morphological closing of the brain region (a cube of +-``radius_mm``,
+    separable, torch) as :data:`labels.SULCAL_CSF`, so that the QSM mask (brain + sulcal CSF) is a
+    plain lookup at run time."""
+    import torch
+
+    from .external import dilate, erode
+    from .labels import SULCAL_CSF, Tissue, is_brain_label, tissue_of
+
+    codes = np.nonzero(np.bincount(labels.ravel()))[0]
+    brain_lut = np.array([is_brain_label(c) for c in range(codes.max() + 1)])
+    csf_lut = np.array([tissue_of(c) == Tissue.CSF and not is_brain_label(c) for c in range(codes.max() + 1)])
+    if not brain_lut[codes].any() or not csf_lut[codes].any():
+        return labels
+    r = max(1, int(round(radius_mm / float(np.min(voxel_size)))))
+    brain = brain_lut[labels]
+    closed = erode(dilate(torch.from_numpy(brain), r), r).numpy()
+    out = labels.copy()
+    out[closed & csf_lut[labels]] = SULCAL_CSF
+    return out
+
+
 def add_head_shells(labels: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray:
     """Add synthetic CSF / skull / marrow / scalp / skin shells around a brain-only segmentation.
 
@@ -148,13 +170,19 @@ def add_head_shells(labels: np.ndarray, voxel_size: Sequence[float]) -> np.ndarr
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_volume(kind: str, key: str, stride: int) -> LabelVolume:
-    if stride > 1:   # strided copies come from the cached full-resolution volume
-        v = _cached_volume(kind, key, 1)
-        o = stride // 2
-        return LabelVolume(np.ascontiguousarray(v.idx[o::stride, o::stride, o::stride]), v.codes,
-                           tuple(x * stride for x in v.voxel_size), v.name)
+PREP_VERSION = 2   # bump when the preparation below changes (invalidates the disk cache)
+
+
+def _disk_cache_dir() -> Path | None:
+    """Folder for prepared label volumes (``NEXTQSM_LABEL_CACHE``, default ~/.cache/nextqsm/labels;
+    set it to an empty string to disable)."""
+    d = os.environ.get("NEXTQSM_LABEL_CACHE")
+    if d == "":
+        return None
+    return Path(d) if d else Path.home() / ".cache" / "nextqsm" / "labels"
+
+
+def _prepare(kind: str, key: str) -> tuple[np.ndarray, np.ndarray, tuple, str]:
     if kind == "synthseg":
         labels, vs = load_label_file(synthseg_path(int(key)))
         name = f"synthseg_{int(key):02d}"
@@ -168,9 +196,48 @@ def _cached_volume(kind: str, key: str, stride: int) -> LabelVolume:
         name = f"procedural_{int(key)}"
     else:
         raise ValueError(kind)
-    labels = _crop(labels, margin=4)
+    labels = mark_sulcal_csf(_crop(labels, margin=4), vs)
     idx, codes = _compact(labels)
-    return LabelVolume(np.ascontiguousarray(idx), codes, tuple(float(v) for v in vs), name)
+    return idx, codes, tuple(float(v) for v in vs), name
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_volume(kind: str, key: str, stride: int) -> LabelVolume:
+    """Prepared label volume, cached in memory (per process) and on disk (across processes: a
+    plain .npz keyed by the source file's path, size and mtime; written atomically)."""
+    if stride > 1:   # strided copies come from the cached full-resolution volume
+        v = _cached_volume(kind, key, 1)
+        o = stride // 2
+        return LabelVolume(np.ascontiguousarray(v.idx[o::stride, o::stride, o::stride]), v.codes,
+                           tuple(x * stride for x in v.voxel_size), v.name)
+    cache = _disk_cache_dir()
+    cfile = None
+    if cache is not None:
+        import hashlib
+
+        src = synthseg_path(int(key)) if kind == "synthseg" else Path(key) if kind == "file" else None
+        stamp = f"{src.resolve()}:{src.stat().st_size}:{src.stat().st_mtime_ns}" if src is not None else key
+        h = hashlib.sha1(f"{PREP_VERSION}:{kind}:{stamp}".encode()).hexdigest()[:16]
+        cfile = cache / f"{kind}_{h}.npz"
+        if cfile.exists():
+            try:
+                z = np.load(cfile)
+                return LabelVolume(z["idx"], z["codes"], tuple(float(v) for v in z["voxel_size"]), str(z["name"]))
+            except (OSError, ValueError, KeyError):
+                pass
+    idx, codes, vs, name = _prepare(kind, key)
+    if cfile is not None:
+        try:
+            import tempfile
+
+            cfile.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix="." + cfile.name, suffix=".tmp.npz", dir=cfile.parent)
+            os.close(fd)
+            np.savez(tmp, idx=idx, codes=codes, voxel_size=np.array(vs), name=np.array(name))
+            os.replace(tmp, cfile)
+        except OSError:
+            pass
+    return LabelVolume(np.ascontiguousarray(idx), codes, vs, name)
 
 
 def synthseg_path(index: int) -> Path:
@@ -292,16 +359,19 @@ def procedural_head(variant: int = 0, n: int = 112, voxel_mm: float = 2.0) -> tu
     lab[_ellipsoid(x, y, z, (0, 0, 8), (65 * s[0], 85 * s[1], 78 * s[2])) + bump < 1] = 515
     inner = _ellipsoid(x, y, z, (0, 0, 8), (63 * s[0], 83 * s[1], 76 * s[2])) + bump
     lab[inner < 1] = 24
-    # cerebrum: GM shell with gyri, WM inside
+    # cerebrum: a folded cortical mantle. depth = mm below the (bumpy) ellipsoidal surface; a
+    # band-limited noise g (~10 mm features) is the gyral pattern: white-matter cores rise into the
+    # gyri (high g) up to ~3 mm below the surface, CSF-filled sulci (low g) reach ~15 mm deep and
+    # grey matter lines both.
     cer = _ellipsoid(x, y, z, (0, 0, 12), (60 * s[0], 80 * s[1], 66 * s[2])) + bump
-    lab[cer < 1] = 3
-    fold = _smooth_noise(rng, shp, 28, 1.0)
-    depth = (1 - cer) * 60  # ~ mm below the surface
-    wm = (cer < 1) & (depth > 3.5 + 5 * np.clip(fold, -1, 1) + 5)
-    lab[wm] = 2
-    sulci = (cer < 1) & (np.abs(fold) < 0.12) & (depth < 12)
-    lab[sulci] = 24
-    lab[(np.abs(x) < 1.2 * voxel_mm) & (cer < 1) & (z > 0)] = 24   # interhemispheric fissure
+    inside = cer < 1
+    depth = (1 - np.sqrt(np.clip(cer, 0, None))) * 66.0
+    g = _smooth_noise(rng, shp, 22, 1.0)
+    g = (g - g[inside].mean()) / (g[inside].std() + 1e-6)
+    lab[inside] = 3
+    lab[inside & ((g > 1.9 - 0.15 * depth) | (depth > 20))] = 2
+    lab[inside & (g < -1.0 - 0.06 * depth) & (depth < 18)] = 24
+    lab[(np.abs(x) < 1.2 * voxel_mm) & inside & (z > -5)] = 24   # interhemispheric fissure
     # cerebellum + brain stem
     cb = _ellipsoid(x, y, z, (0, -55 * s[1], -38 * s[2]), (48 * s[0], 26, 22))
     lab[(cb < 1) & (lab != 2)] = 8

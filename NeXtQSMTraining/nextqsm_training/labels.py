@@ -93,6 +93,10 @@ N_CLASSES = len(Tissue)
 BRAIN_CLASSES = frozenset({Tissue.GM, Tissue.WM, Tissue.CAUDATE, Tissue.PUTAMEN, Tissue.PALLIDUM,
                            Tissue.THALAMUS, Tissue.DEEP_NUCLEI, Tissue.BRAINSTEM, Tissue.CEREBELLUM_GM,
                            Tissue.CEREBELLUM_WM, Tissue.DEEP_GM_OTHER, Tissue.VESSEL})
+#: Code given (at load time, :mod:`label_sources`) to CSF voxels inside the 3 mm morphological
+#: closing of the brain: sulcal CSF, which belongs to the QSM mask (outer CSF does not).
+SULCAL_CSF = 1024
+
 #: Labels of ventricles (CSF inside the brain; always part of the mask).
 VENTRICLE_LABELS = frozenset({4, 5, 14, 15, 43, 44, 72})
 
@@ -146,8 +150,9 @@ LABEL_TO_TISSUE: dict[int, Tissue] = {
     502: Tissue.EXTRA_VESSEL, 506: Tissue.SOFT_TISSUE, 507: Tissue.SOFT_TISSUE, 508: Tissue.SOFT_TISSUE,
     509: Tissue.SOFT_TISSUE, 511: Tissue.SOFT_TISSUE, 512: Tissue.SOFT_TISSUE, 514: Tissue.VENOUS_SINUS,
     515: Tissue.BONE, 516: Tissue.MARROW, 530: Tissue.SOFT_TISSUE,
-    # codes used only by the procedural head
-    600: Tissue.FAT,
+    # codes made by this package
+    600: Tissue.FAT,            # procedural head: scalp fat
+    SULCAL_CSF: Tissue.CSF,     # CSF inside the closed brain (see SULCAL_CSF)
 }
 
 
@@ -172,8 +177,13 @@ def tissue_lut(labels) -> np.ndarray:
 
 
 def is_brain_label(label: int) -> bool:
-    """True for labels inside the brain mask region (brain tissue and ventricles, not outer CSF 24)."""
+    """True for labels of the brain region (brain tissue and ventricles; not CSF 24)."""
     return tissue_of(label) in BRAIN_CLASSES or int(label) in VENTRICLE_LABELS
+
+
+def is_mask_label(label: int) -> bool:
+    """True for labels inside the default QSM mask: the brain region plus sulcal CSF."""
+    return is_brain_label(label) or int(label) == SULCAL_CSF
 
 
 def class_ppm_table() -> np.ndarray:

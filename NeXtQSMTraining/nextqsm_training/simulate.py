@@ -4,7 +4,8 @@
       -> chi_tissue (ppm, per-label prior + texture + veins + lesions + bleeds + calcifications)
       -> mask (brain + sulcal CSF, with erosion / dilation variations)
       -> external chi: head classes outside the mask (air 0-label ~ +9.2, bone ~ -2 ...)
-         + ~100 random ellipsoids outside the dilated mask
+         + ~100 random ellipsoids outside the dilated mask, then a [1,2,1] partial-volume blur
+         (re-masked), which keeps the discrete dipole field free of Gibbs ringing in the brain
       -> local = D * (chi * mask), total = D * chi_all (zero padded FFT), both masked
       -> optional: harmonic low-order field added to total, Gaussian noise
 
@@ -21,10 +22,10 @@ import torch
 from nextqsm.dipole import padded_shape
 
 from . import deform as dfm
-from .external import dilate, erode, gaussian_blur, harmonic_polynomial, random_ellipsoids
+from .external import dilate, erode, binomial_blur, harmonic_polynomial, random_ellipsoids
 from .label_sources import LabelSource, expand_sources
-from .labels import Tissue, VENTRICLE_LABELS, tissue_lut, is_brain_label
-from .susceptibility import add_lesions, add_spots, add_texture, add_veins, sample_label_values
+from .labels import Tissue, VENTRICLE_LABELS, is_brain_label, is_mask_label, tissue_lut
+from .susceptibility import add_lesions, add_spots, add_texture, add_veins, region_points, sample_label_values
 
 #: Default options of :func:`make_pair` (override any of them as keyword arguments).
 DEFAULTS: dict[str, Any] = dict(
@@ -37,9 +38,9 @@ DEFAULTS: dict[str, Any] = dict(
     global_scale=(0.5, 1.5), p_realistic=0.8,
     texture_ppm=0.02,
     veins=(4, 20), lesions=(0, 3), microbleeds=(0, 4), calcifications=(0, 2),
-    n_ellipsoids=(20, 100), ellipsoid_chi=9.2,
+    n_ellipsoids=(60, 120), ellipsoid_chi=9.2,   # count range (uniform); ~9.2 ppm air-like values
     mask_variation=True,
-    antialias=(0.6, 1.0),          # std (voxels) range of the partial-volume blur of external chi; None = off
+    antialias=(1, 2),              # passes of a [1,2,1]/4 blur of external chi (std 0.71 / 1.0 voxel); None = off
     smooth_field=(0.5, 0.3),       # (probability, max amplitude ppm) of a harmonic 2nd-order field
     noise=0.0,                     # field noise std in ppm, or "random" (SNR-based), 0 = none
     snr=(20.0, 200.0),             # local-field RMS / noise std for noise="random"
@@ -132,18 +133,19 @@ def _random_b0(rng, opts) -> np.ndarray:
     return np.array([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
 
 
-def _brain_mask(idx: torch.Tensor, brain_lut: torch.Tensor, csf_lut: torch.Tensor, vs, rng, variation: bool):
-    brain = brain_lut[idx.long()]
-    csf = csf_lut[idx.long()]
-    r = max(1, int(round(3.0 / float(np.min(vs)))))
-    closed = erode(dilate(brain, r), r)
-    mask = brain | (closed & csf)           # brain + ventricles + sulcal CSF
+def _brain_mask(idx: torch.Tensor, mask_lut: torch.Tensor, brain_lut: torch.Tensor, csf_lut: torch.Tensor,
+                rng, variation: bool):
+    """(mask, brain region): mask = brain + ventricles + sulcal CSF (precomputed label), with
+    random variations: erosion by 1-2 voxels (30 %) or a 1-voxel dilation into CSF (25 %)."""
+    il = idx.long()
+    brain = brain_lut[il]
+    mask = mask_lut[il]
     if variation:
         u = rng.random()
         if u < 0.3:
             mask = erode(mask, int(rng.integers(1, 3))) | (brain & erode(brain, 1))
         elif u < 0.55:
-            mask = mask | (dilate(mask, 1) & csf)
+            mask = mask | (dilate(mask, 1) & csf_lut[il])
     return mask, brain
 
 
@@ -156,8 +158,9 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
     ``chi`` (brain chi, ppm, 0 outside mask), ``local_field`` and ``total_field`` (ppm, masked),
     ``mask`` (uint8), ``voxel_size`` and ``b0_dir`` (float32 (3,)), ``source`` (name);
     when ``noise`` is on also ``local_field_clean``/``total_field_clean``; with ``return_labels``
-    also ``labels`` (deformed FreeSurfer codes, int32), ``labels_src`` (an undeformed axial slab
-    of the source, for QA) and ``chi_external`` (ppm, outside the mask).
+    also ``labels`` (deformed FreeSurfer codes, int32), ``labels_src`` (the source resampled on the
+    same grid without deformation, for QA) and ``chi_external`` (ppm, outside the mask, as used for
+    the total field). ``pad`` is the zero padding used by the FFTs.
     """
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
@@ -189,16 +192,18 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
     tis = tissue_lut(codes)
     csf_lut = torch.from_numpy((tis == int(Tissue.CSF)) | np.isin(codes, list(VENTRICLE_LABELS))).to(dev)
     chi = values[idx.long()]
-    mask, brain = _brain_mask(idx, brain_lut, csf_lut, vs, rng, o["mask_variation"])
+    mask_lut = torch.from_numpy(np.array([is_mask_label(c) for c in codes])).to(dev)
+    mask, brain = _brain_mask(idx, mask_lut, brain_lut, csf_lut, rng, o["mask_variation"])
     add_texture(chi, brain, rng, o["texture_ppm"])
+    pts = region_points(brain)
     if o["lesions"]:
-        add_lesions(chi, brain, rng, vs, o["lesions"])
+        add_lesions(chi, brain, rng, vs, o["lesions"], points=pts)
     if o["veins"]:
-        add_veins(chi, brain, rng, vs, o["veins"])
+        add_veins(chi, brain, rng, vs, o["veins"], points=pts)
     if o["microbleeds"]:
-        add_spots(chi, brain, rng, vs, o["microbleeds"], value=(0.5, 1.5), radius_mm=(0.8, 2.0))
+        add_spots(chi, brain, rng, vs, o["microbleeds"], value=(0.5, 1.5), radius_mm=(0.8, 2.0), points=pts)
     if o["calcifications"]:
-        add_spots(chi, brain, rng, vs, o["calcifications"], value=(-1.2, -0.4), radius_mm=(1.0, 3.0))
+        add_spots(chi, brain, rng, vs, o["calcifications"], value=(-1.2, -0.4), radius_mm=(1.0, 3.0), points=pts)
 
     # --- external sources: head classes outside the mask + random ellipsoids
     keep_out = dilate(mask, max(1, int(round(2.0 / float(vs.min())))))
@@ -213,7 +218,7 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
         # partial-volume blur of the (sharp, strong) external sources: without it the discrete
         # dipole field of 9 ppm step edges rings (Gibbs) into the brain and the background is
         # no longer harmonic there. Re-masked, so external chi never enters the brain.
-        chi_ext = gaussian_blur(chi_ext, float(rng.uniform(*o["antialias"]))) * (~mask)
+        chi_ext = binomial_blur(chi_ext, int(rng.integers(o["antialias"][0], o["antialias"][1] + 1))) * (~mask)
         chi_all = chi_brain + chi_ext
 
     # --- fields

@@ -104,15 +104,20 @@ def paint_ellipsoid(vol: torch.Tensor, centre: Sequence[float], radii: Sequence[
     return int(inside.sum())
 
 
-def _random_points_in(region: torch.Tensor, rng: np.random.Generator, n: int) -> np.ndarray:
-    idx = torch.nonzero(region[::2, ::2, ::2]).cpu().numpy() * 2
+def region_points(region: torch.Tensor) -> np.ndarray:
+    """Candidate points (voxel indices, every 2nd voxel) of a bool region, for random placement."""
+    return torch.nonzero(region[::2, ::2, ::2]).cpu().numpy() * 2
+
+
+def _random_points_in(region: torch.Tensor, rng: np.random.Generator, n: int, points=None) -> np.ndarray:
+    idx = region_points(region) if points is None else points
     if len(idx) == 0 or n == 0:
         return np.zeros((0, 3))
     return idx[rng.integers(0, len(idx), n)] + rng.uniform(0, 1, (n, 3))
 
 
 def add_veins(chi: torch.Tensor, region: torch.Tensor, rng: np.random.Generator, voxel_size: Sequence[float],
-              n_range=(4, 20), value=(0.25, 0.45), radius_mm=(0.6, 1.6)) -> None:
+              n_range=(4, 20), value=(0.25, 0.45), radius_mm=(0.6, 1.6), points=None) -> None:
     """Veins: tubes along random smooth curves (random walks with momentum), inside ``region``.
 
     Each vein: random start in the region, 20-90 mm long, radius ``radius_mm``, value ``value`` ppm.
@@ -121,7 +126,7 @@ def add_veins(chi: torch.Tensor, region: torch.Tensor, rng: np.random.Generator,
     n = int(rng.integers(n_range[0], n_range[1] + 1))
     vs = np.asarray(voxel_size, float)
     shape = np.array(chi.shape)
-    starts = _random_points_in(region, rng, n)
+    starts = _random_points_in(region, rng, n, points)
     for p0 in starts:
         length = rng.uniform(20, 90)
         step = 0.5 * vs.min()
@@ -154,25 +159,25 @@ def add_veins(chi: torch.Tensor, region: torch.Tensor, rng: np.random.Generator,
 
 
 def add_spots(chi: torch.Tensor, region: torch.Tensor, rng: np.random.Generator, voxel_size: Sequence[float],
-              n_range=(0, 4), value=(0.5, 1.5), radius_mm=(1.0, 2.5), add: bool = False) -> int:
+              n_range=(0, 4), value=(0.5, 1.5), radius_mm=(1.0, 2.5), add: bool = False, points=None) -> int:
     """Small spheres (microbleeds: positive ``value``; calcifications: negative) inside ``region``."""
     n = int(rng.integers(n_range[0], n_range[1] + 1))
     vs = np.asarray(voxel_size, float)
     count = 0
-    for c in _random_points_in(region, rng, n):
+    for c in _random_points_in(region, rng, n, points):
         r = rng.uniform(*radius_mm) / vs
         count += paint_ellipsoid(chi, c, r, float(rng.uniform(*value)), allowed=region, add=add)
     return count
 
 
 def add_lesions(chi: torch.Tensor, region: torch.Tensor, rng: np.random.Generator, voxel_size: Sequence[float],
-                n_range=(0, 3), delta=(0.02, 0.08), radius_mm=(3.0, 10.0)) -> None:
+                n_range=(0, 3), delta=(0.02, 0.08), radius_mm=(3.0, 10.0), points=None) -> None:
     """Ellipsoidal lesions inside ``region`` that shift chi by +-``delta`` ppm (both signs)."""
     from .deform import rotation_matrix
 
     n = int(rng.integers(n_range[0], n_range[1] + 1))
     vs = np.asarray(voxel_size, float)
-    for c in _random_points_in(region, rng, n):
+    for c in _random_points_in(region, rng, n, points):
         r = rng.uniform(*radius_mm, 3) / vs
         v = float(rng.uniform(*delta) * rng.choice([-1.0, 1.0]))
         paint_ellipsoid(chi, c, r, v, allowed=region, add=True, rot=rotation_matrix(rng.uniform(0, np.pi, 3)))

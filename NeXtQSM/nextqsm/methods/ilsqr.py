@@ -111,7 +111,7 @@ def ilsqr(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.
           cone_threshold: float = 0.1, fs_threshold: float = 0.125, sa_tol: float = 1e-2,
           sa_maxiter: int = 50, lap_percentiles: tuple[float, float] = (60.0, 99.9),
           edge_percentiles: tuple[float, float] = (50.0, 70.0), magnitude: Optional[np.ndarray] = None,
-          pad: int | Sequence[int] | None = None, device: str = "auto",
+          pad: int | Sequence[int] | None = 12, device: str = "auto",
           callback: Optional[Callable[[float, str], None]] = None, return_steps: bool = False):
     """iLSQR-style inversion (see the module docstring; defaults from Li et al. 2015).
 
@@ -125,7 +125,7 @@ def ilsqr(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.
         lap_percentiles: (low, high) percentiles of |Laplacian f| for the data weights.
         edge_percentiles: (low, high) percentiles of |grad chi_FS| for the edge weights.
         magnitude: optional magnitude for the data weighting.
-        pad: zero padding per side around the mask's bounding box (voxels; default: a quarter).
+        pad: zero padding per side around the mask's bounding box (voxels; default 12).
         device: 'auto' | 'cpu' | 'cuda'.
         callback: called as callback(fraction_done, stage).
         return_steps: also return a dict with chi_lsqr, chi_fs and chi_sa (full-size arrays).

@@ -24,7 +24,7 @@ from ..dipole import dipole_kernel
 Vec3 = Sequence[float]
 
 #: Tuned on the 2016 challenge local field (NRMSE vs COSMOS, demeaned in msk); see benchmarks/results_classical.md.
-DEFAULT_L2_LAMBDA = 0.1
+DEFAULT_L2_LAMBDA = 0.08
 
 
 @dataclass

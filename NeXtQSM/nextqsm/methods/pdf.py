@@ -25,7 +25,7 @@ Vec3 = Sequence[float]
 
 def pdf(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0, 1.0),
         b0_dir: Vec3 = (0.0, 0.0, 1.0), tol: float = 1e-3, maxiter: int = 50,
-        magnitude: Optional[np.ndarray] = None, pad: int | Sequence[int] | None = None,
+        magnitude: Optional[np.ndarray] = None, pad: int | Sequence[int] | None = 16,
         device: str = "auto", callback: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """Remove the background field by projection onto dipole fields.
 
@@ -36,8 +36,8 @@ def pdf(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0,
         tol: LSQR relative tolerance on the normal-equation residual.
         maxiter: maximum LSQR iterations.
         magnitude: optional magnitude image for the data weighting.
-        pad: zero padding per side around the mask's bounding box in voxels (default: a quarter
-            of the box, at least 8) where background sources may sit.
+        pad: zero padding per side around the mask's bounding box in voxels (default 16) where
+            background sources beyond the FOV may sit.
         device: 'auto' | 'cpu' | 'cuda'.
         callback: called as callback(iteration, maxiter).
 

@@ -31,6 +31,27 @@ def _take(params: dict, prefix: str) -> dict[str, Any]:
     return {k[len(prefix) + 1:]: params.pop(k) for k in keys}
 
 
+_NOT_PARAMS = {"local_field", "total_field", "mask", "voxel_size", "b0_dir", "magnitude", "device", "callback",
+               "return_steps"}
+
+
+def _checked(fn: Callable, kw: dict, prefix: str) -> tuple[dict, dict]:
+    """Validate ``kw`` against ``fn``'s keywords; return (kw, all tunable parameters with defaults, prefixed)."""
+    import inspect
+
+    sig = inspect.signature(fn).parameters
+    allowed = [k for k in sig if k not in _NOT_PARAMS]
+    bad = [k for k in kw if k not in allowed]
+    if bad:
+        from ..errors import QSMInputError
+        raise QSMInputError("--params", f"unknown parameter(s) {', '.join(prefix + '_' + k for k in bad)}",
+                            f"use {', '.join(prefix + '_' + k for k in allowed)}")
+    used = {k: sig[k].default for k in allowed}
+    used.update(kw)
+    clean = {f"{prefix}_{k}": (list(map(float, v)) if (v is not None and np.ndim(v)) else v) for k, v in used.items()}
+    return kw, clean
+
+
 def _check_unused(params: dict, method: str) -> None:
     if params:
         from ..errors import QSMInputError
@@ -54,24 +75,23 @@ def _bfr(inp: QSMInput, method: str, params: dict, progress: ProgressFn, used: d
     if method == "vsharp":
         from .vsharp import vsharp
 
-        kw = _take(params, "vsharp")
+        kw, clean = _checked(vsharp, _take(params, "vsharp"), "vsharp")
         _take(params, "pdf")
         report(progress, 0.0, "V-SHARP background removal")
         local, mask = vsharp(inp.field, inp.mask, inp.voxel_size, **kw)
-        used.update({f"vsharp_{k}": (list(map(float, v)) if np.ndim(v) else v) for k, v in kw.items()})
-        used.setdefault("vsharp_threshold", 0.05)
+        used.update(clean)
         timings["vsharp"] = time.perf_counter() - t0
     else:
         from .pdf import pdf
 
-        kw = _take(params, "pdf")
+        kw, clean = _checked(pdf, _take(params, "pdf"), "pdf")
         _take(params, "vsharp")
         report(progress, 0.0, "PDF background removal")
         local = pdf(inp.field, inp.mask, inp.voxel_size, inp.b0_dir, magnitude=inp.magnitude,
                     device=inp.device, callback=lambda i, n: report(progress, span * i / n, "PDF background removal"),
                     **kw)
         mask = inp.mask
-        used.update({f"pdf_{k}": v for k, v in kw.items()})
+        used.update(clean)
         timings["pdf"] = time.perf_counter() - t0
     report(progress, span, "background removed")
     return local, mask, local
@@ -91,51 +111,45 @@ def run_tkd(inp: QSMInput, progress: ProgressFn = None, **params) -> QSMResult:
 
     params, used, timings = dict(params), {}, {}
     local, mask, lf = _bfr(inp, "vsharp", params, progress, used, timings, 0.7)
-    kw = _take(params, "tkd")
+    kw, clean = _checked(tkd, _take(params, "tkd"), "tkd")
     _check_unused(params, "tkd")
-    kw.setdefault("threshold", 0.19)
     t0 = time.perf_counter()
     report(progress, 0.75, "TKD inversion")
     chi = tkd(local, mask, inp.voxel_size, inp.b0_dir, **kw)
     timings["tkd"] = time.perf_counter() - t0
-    used.update({f"tkd_{k}": v for k, v in kw.items()})
+    used.update(clean)
     report(progress, 1.0, "done")
     return _result("tkd", chi, mask, lf, timings, "cpu", used)
 
 
 def run_vsharp_l2(inp: QSMInput, progress: ProgressFn = None, **params) -> QSMResult:
     """V-SHARP then closed-form gradient-regularised L2 (``l2_lam``)."""
-    from .l2 import DEFAULT_L2_LAMBDA, l2_inversion
+    from .l2 import l2_inversion
 
     params, used, timings = dict(params), {}, {}
     local, mask, lf = _bfr(inp, "vsharp", params, progress, used, timings, 0.7)
-    kw = _take(params, "l2")
+    kw, clean = _checked(l2_inversion, _take(params, "l2"), "l2")
     _check_unused(params, "vsharp-l2")
-    kw.setdefault("lam", DEFAULT_L2_LAMBDA)
     t0 = time.perf_counter()
     report(progress, 0.75, "L2 inversion")
     chi = l2_inversion(local, mask, inp.voxel_size, inp.b0_dir, **kw)
     timings["l2"] = time.perf_counter() - t0
-    used.update({f"l2_{k}": v for k, v in kw.items()})
+    used.update(clean)
     report(progress, 1.0, "done")
     return _result("vsharp-l2", chi, mask, lf, timings, "cpu", used)
 
 
 def _tv_stage(name, inp, local, mask, lf, params, progress, used, timings, start):
-    from .tv import DEFAULT_TV_ITERS, DEFAULT_TV_LAMBDA, DEFAULT_TV_MU2, DEFAULT_TV_RHO, tv_admm
+    from .tv import tv_admm
 
-    kw = _take(params, "tv")
+    kw, clean = _checked(tv_admm, _take(params, "tv"), "tv")
     _check_unused(params, name)
-    kw.setdefault("lam", DEFAULT_TV_LAMBDA)
-    kw.setdefault("rho", DEFAULT_TV_RHO)
-    kw.setdefault("mu2", DEFAULT_TV_MU2)
-    kw.setdefault("iters", DEFAULT_TV_ITERS)
     dev = _device_name(inp)
     t0 = time.perf_counter()
     chi = tv_admm(local, mask, inp.voxel_size, inp.b0_dir, magnitude=inp.magnitude, device=dev,
                   callback=lambda i, n: report(progress, start + (1 - start) * i / n, "TV inversion (ADMM)"), **kw)
     timings["tv"] = time.perf_counter() - t0
-    used.update({f"tv_{k}": v for k, v in kw.items()})
+    used.update(clean)
     report(progress, 1.0, "done")
     return _result(name, chi, mask, lf, timings, dev, used)
 
@@ -160,13 +174,13 @@ def run_vsharp_ilsqr(inp: QSMInput, progress: ProgressFn = None, **params) -> QS
 
     params, used, timings = dict(params), {}, {}
     local, mask, lf = _bfr(inp, "vsharp", params, progress, used, timings, 0.25)
-    kw = _take(params, "ilsqr")
+    kw, clean = _checked(ilsqr, _take(params, "ilsqr"), "ilsqr")
     _check_unused(params, "vsharp-ilsqr")
     dev = _device_name(inp)
     t0 = time.perf_counter()
     chi = ilsqr(local, mask, inp.voxel_size, inp.b0_dir, magnitude=inp.magnitude, device=dev,
                 callback=lambda frac, stage: report(progress, 0.25 + 0.75 * frac, stage), **kw)
     timings["ilsqr"] = time.perf_counter() - t0
-    used.update({f"ilsqr_{k}": v for k, v in kw.items()})
+    used.update(clean)
     report(progress, 1.0, "done")
     return _result("vsharp-ilsqr", chi, mask, lf, timings, dev, used)

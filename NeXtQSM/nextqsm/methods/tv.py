@@ -77,7 +77,7 @@ def _grad_adj(g, vs, out=None):
 def tv_admm(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0, 1.0),
             b0_dir: Vec3 = (0.0, 0.0, 1.0), lam: float = DEFAULT_TV_LAMBDA, rho: float = DEFAULT_TV_RHO,
             iters: int = DEFAULT_TV_ITERS, mu2: float = DEFAULT_TV_MU2, weighted: bool = True,
-            magnitude: Optional[np.ndarray] = None, tol: float = 1e-3, pad: int | Sequence[int] | None = None,
+            magnitude: Optional[np.ndarray] = None, tol: float = 1e-3, pad: int | Sequence[int] | None = 12,
             device: str = "auto", callback: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """TV-regularised dipole inversion (ADMM).
 
@@ -91,7 +91,8 @@ def tv_admm(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 
         mu2: data-split penalty (weighted mode only).
         weighted: restrict the data term to the mask (default) or use it on the whole grid.
         magnitude: optional 3D magnitude; W = mask * magnitude / its 99th percentile in the mask.
-        pad: zero padding per side in voxels around the mask's bounding box (default: a quarter).
+        pad: zero padding per side in voxels around the mask's bounding box (default 12; the data term
+            is restricted to the mask, so a wide margin buys nothing: 61.8 % at 12 and at ~35 on the challenge).
         device: 'auto' | 'cpu' | 'cuda'.
         callback: called as callback(iteration, iters).
 

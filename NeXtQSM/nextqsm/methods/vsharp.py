@@ -38,9 +38,13 @@ def smv_kernel(shape: Sequence[int], voxel_size: Vec3, radius_mm: float) -> np.n
 
 
 def default_radii(voxel_size: Vec3, max_mm: float = 12.0) -> np.ndarray:
-    """Radii in mm from ``max_mm`` down to 1 mm in 1 mm steps (never below the largest voxel size)."""
-    r = np.arange(max_mm, 0, -1.0)
-    return r[r >= max(voxel_size) - 1e-6] if np.any(r >= max(voxel_size) - 1e-6) else np.array([max(voxel_size)])
+    """Radii in mm from ``max_mm`` down to 1 mm in 1 mm steps (Wu 2012 / STI Suite).
+
+    A sphere smaller than the largest voxel size holds a single voxel in some direction (its
+    high-pass would be zero), so such radii are raised to the largest voxel size (deduplicated).
+    """
+    r = np.maximum(np.arange(float(max_mm), 0, -1.0), max(float(v) for v in voxel_size))
+    return np.unique(r)[::-1]
 
 
 def vsharp(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0, 1.0),
@@ -52,8 +56,8 @@ def vsharp(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1
         total_field: 3D field [ppm] (i, j, k); only values inside ``mask`` are used.
         mask: 3D bool brain mask.
         voxel_size: mm (i, j, k).
-        radii_mm: SMV radii in mm; sorted descending internally (default 12, 11, ..., 1 mm,
-            Wu 2012 / STI Suite; radii smaller than the largest voxel size are dropped).
+        radii_mm: SMV radii in mm (default 12, 11, ..., 1 mm, Wu 2012 / STI Suite); sorted
+            descending, and radii below the largest voxel size are raised to it.
         threshold: truncation of the deconvolution: Fourier coefficients of delta - S_rmax
             with magnitude below ``threshold`` are set to zero (TSVD; 0.05 as in STI Suite).
         pad: zero padding in voxels per side (default: ceil(max radius / voxel size) + 1), so
@@ -67,9 +71,11 @@ def vsharp(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1
     f = np.asarray(total_field, dtype=np.float64)
     m = np.asarray(mask) > 0
     vs = tuple(float(v) for v in voxel_size)
-    radii = np.sort(np.asarray(default_radii(vs) if radii_mm is None else radii_mm, dtype=np.float64))[::-1]
-    if radii.size == 0 or np.any(radii <= 0):
-        raise ValueError(f"radii_mm must be positive, got {list(radii)}")
+    radii = np.asarray(default_radii(vs) if radii_mm is None else radii_mm, dtype=np.float64).ravel()
+    if radii.size == 0 or np.any(~np.isfinite(radii)) or np.any(radii <= 0):
+        from ..errors import QSMInputError
+        raise QSMInputError("V-SHARP radii", f"must be positive mm values, got {list(radii)}", "pass e.g. 12 11 ... 1")
+    radii = np.unique(np.maximum(radii, max(vs)))[::-1]  # a sphere must reach the neighbours on every axis
     if pad is None:
         pad = [int(np.ceil(radii[0] / v)) + 1 for v in vs]
     elif np.isscalar(pad):

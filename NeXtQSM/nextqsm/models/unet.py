@@ -156,25 +156,37 @@ class UNet3D(nn.Module):
 def tiled_apply(net, x: torch.Tensor, tile: int = 128, overlap: int = 16) -> torch.Tensor:
     """Apply a local network (B, C, i, j, k) -> (B, C', i, j, k) tile by tile.
 
-    Tiles are cubes of at most ``tile`` voxels; each output voxel comes from the tile where it
-    lies at least ``overlap`` voxels from a cut (volume borders excepted), so the result matches
-    the untiled network wherever its effective receptive field is within ``overlap`` voxels.
+    The input is first zero-padded (centred) to the network's multiple ``m`` exactly as the
+    network itself would pad it; tiles start on multiples of ``m`` and have sizes that are
+    multiples of ``m``, so the pooling grids of all tiles coincide with the untiled call.
+    Each output voxel comes from the tile where it lies at least ``overlap`` voxels (rounded
+    up to ``m``) from a cut, so the result equals the untiled network (to float rounding)
+    whenever ``overlap`` covers the receptive-field radius; beyond that it is an approximation.
     """
     shape = x.shape[-3:]
+    m = int(getattr(net, "multiple", 1))
+    up = lambda v: -(-int(v) // m) * m
     if all(n <= tile for n in shape):
         return net(x)
-    core = max(tile - 2 * overlap, 8)
+    pads = []
+    for n in reversed(shape):
+        extra = (-n) % m
+        pads += [extra // 2, extra - extra // 2]
+    xp = F.pad(x, pads) if any(pads) else x
+    pshape = xp.shape[-3:]
+    ov = up(overlap)
+    core = max(up(tile) - 2 * ov, m)
     out = None
-    for a in range(0, shape[0], core):
-        for b in range(0, shape[1], core):
-            for c in range(0, shape[2], core):
+    for a in range(0, pshape[0], core):
+        for b in range(0, pshape[1], core):
+            for c in range(0, pshape[2], core):
                 st = (a, b, c)
-                lo = [max(s - overlap, 0) for s in st]
-                hi = [min(s + core + overlap, n) for s, n in zip(st, shape)]
-                y = net(x[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+                lo = [max(s - ov, 0) for s in st]
+                hi = [min(s + core + ov, n) for s, n in zip(st, pshape)]
+                y = net(xp[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
                 if out is None:
-                    out = x.new_zeros((*y.shape[:2], *shape))
-                e = [min(s + core, n) for s, n in zip(st, shape)]
+                    out = xp.new_zeros((*y.shape[:2], *pshape))
+                e = [min(s + core, n) for s, n in zip(st, pshape)]
                 out[..., a:e[0], b:e[1], c:e[2]] = y[..., a - lo[0]:e[0] - lo[0], b - lo[1]:e[1] - lo[1],
                                                      c - lo[2]:e[2] - lo[2]]
-    return out
+    return out[..., pads[4]:pads[4] + shape[0], pads[2]:pads[2] + shape[1], pads[0]:pads[0] + shape[2]]

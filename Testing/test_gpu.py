@@ -1,0 +1,75 @@
+"""CUDA checks (marked ``gpu``; skipped where there is no CUDA GPU): inference, an AMP training step,
+and the CPU fallback on CUDA out-of-memory."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU available")]
+
+TINY = {"base": 4, "depth": 2, "convs": 1}
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    from nextqsm.models.vn import ScaledUNet, VariationalNetwork
+    from nextqsm.models.weights import save_model
+
+    d = tmp_path_factory.mktemp("w")
+    for n in ("nextqsm-bfr", "baseline-bfr", "baseline-inv"):
+        save_model(ScaledUNet(TINY), n, d)
+    save_model(VariationalNetwork(steps=2, unet=TINY), "nextqsm-vn", d)
+    return d
+
+
+def _inp(n=24):
+    from nextqsm.pipeline import QSMInput
+
+    c = np.stack(np.meshgrid(*[np.linspace(-1, 1, n)] * 3, indexing="ij"))
+    mask = (c ** 2).sum(0) < 0.6
+    field = (0.05 * np.random.default_rng(0).standard_normal((n,) * 3)).astype(np.float32) * mask
+    return QSMInput(field=field, mask=mask, kind="total")
+
+
+def test_cuda_inference_matches_cpu(weights_dir):
+    from nextqsm.pipeline import run
+
+    g = run("nextqsm", _inp(), weights_dir=weights_dir, device="cuda")
+    c = run("nextqsm", _inp(), weights_dir=weights_dir, device="cpu")
+    assert g.device == "cuda"
+    assert np.abs(g.chi - c.chi).max() <= 1e-3 * max(np.abs(c.chi).max(), 1e-6)
+
+
+def test_amp_training_step_on_cuda(tmp_path):
+    from nextqsm_training.config import from_dict
+    from nextqsm_training.train import fit
+
+    cfg = from_dict({"out_dir": str(tmp_path / "r"),
+                     "model": {"bfr": TINY, "vn": {"steps": 2, "unet": TINY}, "baseline_inv": TINY},
+                     "data": {"source": "toy", "size": 16, "n_train": 2, "n_val": 1},
+                     "train": {"phase1_steps": 1, "phase2_steps": 1, "amp": True, "device": "cuda",
+                               "checkpointing": True, "warmup_steps": 1}})
+    res = fit(cfg)
+    assert res["step"] == 2 and np.isfinite(res["last"]["loss"])
+
+
+def test_cuda_oom_falls_back_to_cpu(weights_dir, monkeypatch):
+    """A CUDA out-of-memory error during inference reruns the case on the CPU."""
+    from nextqsm.models import vn as vnmod
+    from nextqsm.pipeline import run
+
+    real = vnmod.VariationalNetwork.forward
+
+    def oom_on_cuda(self, field, *a, **k):
+        if field.is_cuda:
+            # provoke a real allocation failure: ask for far more memory than the device has
+            free, total = torch.cuda.mem_get_info()
+            torch.empty(int(total * 4), dtype=torch.uint8, device=field.device)
+        return real(self, field, *a, **k)
+
+    monkeypatch.setattr(vnmod.VariationalNetwork, "forward", oom_on_cuda)
+    res = run("nextqsm", _inp(), weights_dir=weights_dir, device="cuda")
+    assert res.device == "cpu" and "fallback" in res.params

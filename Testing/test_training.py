@@ -1,0 +1,119 @@
+"""Training loop: config, augmentation physics, exact resume, export, CLI and 2-process DDP (gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nextqsm.dipole import forward_field  # noqa: E402
+from nextqsm.errors import QSMInputError  # noqa: E402
+from nextqsm_training.config import Config, from_dict, load_config, save_config  # noqa: E402
+from nextqsm_training.train import ToyDataset, augment, export_checkpoint, fit  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"base": 2, "depth": 1, "convs": 1}
+
+
+def tiny_config(out: Path, **train) -> Config:
+    t = {"phase1_steps": 2, "phase2_steps": 2, "ckpt_every": 1, "val_every": 100, "log_every": 1,
+         "warmup_steps": 1, "threads": 1, **train}
+    return from_dict({"out_dir": str(out),
+                      "model": {"bfr": TINY, "vn": {"steps": 2, "unet": TINY}, "baseline_inv": TINY},
+                      "data": {"source": "toy", "size": 12, "n_train": 3, "n_val": 1, "kwargs": {"b0_dir": [0.0, 0.3, 1.0]}},
+                      "train": t})
+
+
+def test_config_yaml_round_trip_and_unknown_keys(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
+    with pytest.raises(QSMInputError, match="unknown keys"):
+        from_dict({"train": {"learning_rate": 1}})
+    for name in ("cpu_small.yaml", "gpu_full.yaml"):
+        c = load_config(REPO / "NeXtQSMTraining" / "nextqsm_training" / "configs" / name)
+        assert c.model.vn["steps"] == 6 and c.train.phase1_steps > 0
+
+
+def test_augmentation_preserves_the_physics():
+    """Flipped/transposed chi with the transformed B0 and voxel size gives the transformed field.
+
+    Exact for B0 along an axis; for oblique B0 the discrete kernel's Nyquist planes (even FFT sizes)
+    are not mirror-symmetric per axis, which leaves ~1% (max-abs) differences: tolerance 2%."""
+    for b0, tol in (((0.0, 0.0, 1.0), 1e-5), ((0.2, 0.4, 0.9), 0.02)):
+        item = ToyDataset(1, 14, seed=3, voxel_size=(1.0, 1.3, 0.9), b0_dir=b0)[0]
+        for s in range(4):
+            a = augment(item, (0, s))
+            f = forward_field(a["chi"][0].numpy(), a["voxel_size"].tolist(), a["b0_dir"].tolist()) * a["mask"][0].numpy()
+            ref = a["local_field"][0].numpy()
+            assert np.abs(f - ref).max() <= tol * np.abs(ref).max()
+
+
+def _params(path: Path) -> dict:
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_resume_is_exact(tmp_path):
+    """4 steps straight == 2 steps + resume + 2 steps (weights, optimiser moments, scheduler)."""
+    a = fit(tiny_config(tmp_path / "a"), max_steps=4)
+    assert a["step"] == 4
+    fit(tiny_config(tmp_path / "b"), max_steps=2)
+    b = fit(tiny_config(tmp_path / "b"), resume=True, max_steps=4)
+    assert b["step"] == 4
+    pa, pb = _params(tmp_path / "a" / "last.pt"), _params(tmp_path / "b" / "last.pt")
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    oa = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["optimizer"]["state"]
+    ob = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["optimizer"]["state"]
+    assert all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
+    rows = (tmp_path / "a" / "train.csv").read_text().splitlines()
+    assert rows[0].startswith("step,phase,lr") and len(rows) == 5
+    assert (tmp_path / "a" / "val.csv").exists() and any((tmp_path / "a" / "tb").iterdir())
+
+
+def test_export_and_inference_with_exported_weights(tmp_path):
+    from nextqsm.models.weights import load_manifest
+    from nextqsm.pipeline import QSMInput, run
+
+    fit(tiny_config(tmp_path / "r"), max_steps=3)
+    entries = export_checkpoint(tmp_path / "r" / "best.pt", tmp_path / "w", data="toy")
+    assert set(entries) == {"nextqsm-bfr", "nextqsm-vn", "baseline-bfr", "baseline-inv"}
+    man = load_manifest(tmp_path / "w")
+    e = man["models"]["nextqsm-vn"]
+    assert e["training"]["steps"] == 3 and e["training"]["data"] == "toy" and "nrmse" in e["metrics"]
+    item = ToyDataset(1, 12, seed=9)[0]
+    inp = QSMInput(field=item["total_field"][0].numpy(), mask=item["mask"][0].numpy() > 0, kind="total")
+    res = run("nextqsm", inp, weights_dir=tmp_path / "w", device="cpu")
+    assert np.isfinite(res.chi).all() and res.local_field is not None
+
+
+def test_cli_fit_and_export(tmp_path):
+    from nextqsm_training.cli import main
+
+    cfg = tiny_config(tmp_path / "ignored")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--max-steps", "1", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "last.pt").exists()
+    assert main(["export", "--checkpoint", str(tmp_path / "o" / "last.pt"), "--weights-dir", str(tmp_path / "w")]) == 0
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["models"]["nextqsm-vn"]["training"]["steps"] == 1
+    assert main(["fit", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_ddp_two_gloo_processes(tmp_path):
+    """A real ``torchrun --nproc_per_node 2`` run (gloo, CPU): 2 steps, one checkpoint from rank 0."""
+    cfg = tiny_config(tmp_path / "ddp", phase1_steps=1, phase2_steps=1)
+    save_config(cfg, tmp_path / "c.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "nextqsm_training.cli", "fit", "--config", str(tmp_path / "c.yaml")]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    st = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert st["step"] == 2 and st["config"]["train"]["phase1_steps"] == 1

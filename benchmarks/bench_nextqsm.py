@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""NeXtQSM benchmarks: accuracy on held-out simulated heads, the 2016 challenge (VN alone), the noise
+experiment (NeXtQSM vs the model-agnostic U-Net baseline), and CPU speed / peak memory.
+
+Writes ``benchmarks/results_nextqsm.md`` (and ``.json``). Every number comes from this script;
+methods that are not importable are skipped and listed. Run (nice, 2 threads):
+
+    nice -n 10 .venv/bin/python benchmarks/bench_nextqsm.py --size 96 --heads 13 14 15 16
+    nice -n 10 .venv/bin/python benchmarks/bench_nextqsm.py --only speed
+
+Noise experiment: Gaussian noise of variance 0.005 (std 0.0707) is added to the input field in
+ppm, inside the mask (the paper's units are not stated; here it is ppm of the total field).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = REPO.parent / "shared" / "data"
+CLASSICAL = ("tgv", "vsharp-ilsqr", "tkd")
+
+
+def metrics(x, ref, mask) -> dict:
+    from nextqsm_training.evaluate import score
+
+    return {k: round(v, 4) for k, v in score(x, ref, mask).items()}
+
+
+def run_method(name, inp, **kw):
+    from nextqsm.pipeline import run
+
+    t = time.perf_counter()
+    res = run(name, inp, **kw)
+    return res, time.perf_counter() - t
+
+
+def available(names):
+    from nextqsm.pipeline import available_methods
+
+    av = set(available_methods())
+    return [n for n in names if n in av], [n for n in names if n not in av]
+
+
+def bench_heads(heads, size, methods, noise_var, log) -> dict:
+    from nextqsm.pipeline import QSMInput
+    from nextqsm_training.heads import realistic_head
+
+    out = {"cases": [], "noise": []}
+    rng = np.random.default_rng(0)
+    for i in heads:
+        h = realistic_head(i, size=size, voxel_size=None)
+        mask = h["mask"] > 0
+        inp = QSMInput(field=h["total_field"], mask=mask, kind="total", voxel_size=tuple(h["voxel_size"]),
+                       b0_dir=tuple(h["b0_dir"]))
+        row = {"head": i, "voxel_size": [round(float(v), 3) for v in h["voxel_size"]]}
+        for m in methods:
+            try:
+                res, dt = run_method(m, inp)
+                row[m] = {**metrics(res.chi, h["chi"], mask), "seconds": round(dt, 1)}
+            except Exception as exc:  # report, keep going
+                row[m] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            log(f"head {i} {m}: {row[m]}")
+        out["cases"].append(row)
+        if noise_var:
+            noisy = h["total_field"] + rng.normal(0, math.sqrt(noise_var), mask.shape).astype(np.float32) * mask
+            inp_n = QSMInput(field=noisy, mask=mask, kind="total", voxel_size=tuple(h["voxel_size"]),
+                             b0_dir=tuple(h["b0_dir"]))
+            nrow = {"head": i}
+            for m in ("nextqsm", "unet-baseline"):
+                if m in row and "nrmse" in row[m]:
+                    res, _ = run_method(m, inp_n)
+                    n = metrics(res.chi, h["chi"], mask)["nrmse"]
+                    nrow[m] = {"clean": row[m]["nrmse"], "noisy": n, "rise": round(n - row[m]["nrmse"], 3)}
+            out["noise"].append(nrow)
+            log(f"noise head {i}: {nrow}")
+    return out
+
+
+def bench_challenge(log) -> dict:
+    from nextqsm.io import load_nifti
+    from nextqsm.pipeline import QSMInput
+
+    d = DATA / "qsm2016_challenge"
+    if not d.exists():
+        return {"skipped": f"{d} not found"}
+    lf = load_nifti(d / "phs_tissue.nii.gz").data
+    mask = load_nifti(d / "msk.nii.gz").data > 0
+    cosmos = load_nifti(d / "chi_cosmos.nii.gz").data
+    chi33 = load_nifti(d / "chi_33.nii.gz").data
+    inp = QSMInput(field=lf, mask=mask, kind="local", voxel_size=(1.0625, 1.0625, 1.0714286), b0_dir=(0.0, 0.0, 1.0))
+    out = {}
+    for m in ("nextqsm", "unet-baseline", "tkd"):
+        try:
+            res, dt = run_method(m, inp)
+            out[m] = {"vs_cosmos": metrics(res.chi, cosmos, mask), "vs_chi33": metrics(res.chi, chi33, mask),
+                      "seconds": round(dt, 1)}
+        except Exception as exc:
+            out[m] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        log(f"challenge {m}: {out[m]}")
+    return out
+
+
+def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None = None) -> dict:
+    """One inference in this process on a synthetic volume of ``shape`` (ellipsoid mask)."""
+    import torch
+
+    from nextqsm.pipeline import QSMInput, run
+
+    torch.set_num_threads(threads)
+    c = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    mask = ((c / np.array([0.85, 0.85, 0.8])[:, None, None, None]) ** 2).sum(0) < 1
+    rng = np.random.default_rng(0)
+    field = (0.05 * rng.standard_normal(shape)).astype(np.float32) * mask
+    inp = QSMInput(field=field, mask=mask, kind="total", voxel_size=(1.0, 1.0, 1.0))
+    t = time.perf_counter()
+    res = run("nextqsm", inp, device="cpu", weights_dir=weights_dir)
+    total = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"shape": list(shape), "threads": threads, "seconds": round(total, 1),
+            "timings": {k: round(v, 2) for k, v in res.timings.items()}, "peak_rss_mb": round(peak_mb),
+            "crop": res.params.get("crop_shape")}
+
+
+def bench_speed(shapes, threads, log, weights_dir=None) -> list:
+    rows = []
+    for s in shapes:
+        extra = ["--weights-dir", str(weights_dir)] if weights_dir else []
+        p = subprocess.run([sys.executable, __file__, "--speed-one", *map(str, s), "--threads", str(threads), *extra],
+                           capture_output=True, text=True)
+        try:
+            rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        except Exception:
+            rows.append({"shape": list(s), "error": p.stderr[-500:]})
+        log(f"speed {s}: {rows[-1]}")
+    return rows
+
+
+def write_md(res: dict, path: Path, argv: list[str]) -> None:
+    L = ["# NeXtQSM benchmark results", "",
+         f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_nextqsm.py', *argv])}`  ",
+         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU cores "
+         f"(shared with other jobs: timings are upper bounds), CPU only.", ""]
+    try:
+        from nextqsm.models.weights import describe
+
+        L += ["Weights: " + ", ".join(f"{n} (steps {e['steps']}, {str(e['sha256'])[:12]}...)" for n, e in describe().items()), ""]
+    except Exception:
+        pass
+    if res.get("skipped_methods"):
+        L += [f"Skipped (not importable): {', '.join(res['skipped_methods'])}", ""]
+    if "heads" in res:
+        cases = res["heads"]["cases"]
+        methods = [m for m in res["methods"] if any(m in c for c in cases)]
+        L += ["## Held-out simulated heads (total field -> chi), SynthSeg maps never used in training", "",
+              f"`nextqsm_training.heads.realistic_head(i, size={res['size']}, voxel_size=None)`; "
+              "NRMSE = demeaned NRMSE %, XSIM (nextqsm.metrics).", "",
+              "| head | voxel mm | " + " | ".join(f"{m} NRMSE / XSIM / s" for m in methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
+        for c in cases:
+            cells = []
+            for m in methods:
+                r = c.get(m, {})
+                cells.append(f"{r['nrmse']:.1f} / {r['xsim']:.3f} / {r['seconds']}" if "nrmse" in r else r.get("error", "-"))
+            L.append(f"| {c['head']} | {c['voxel_size'][0]} | " + " | ".join(cells) + " |")
+        L.append("")
+        if res["heads"]["noise"]:
+            L += ["## Noise experiment (Gaussian noise, variance 0.005 ppm^2, added to the total field in the mask)", "",
+                  "| head | nextqsm clean -> noisy (rise) | unet-baseline clean -> noisy (rise) |", "|---|---|---|"]
+            for n in res["heads"]["noise"]:
+                f = lambda r: f"{r['clean']:.1f} -> {r['noisy']:.1f} ({r['rise']:+.1f})" if r else "-"
+                L.append(f"| {n['head']} | {f(n.get('nextqsm'))} | {f(n.get('unet-baseline'))} |")
+            L.append("")
+    if "challenge" in res:
+        L += ["## 2016 challenge local field (VN alone, `--input local`), mask msk", "",
+              "| method | NRMSE vs COSMOS | XSIM vs COSMOS | NRMSE vs chi_33 | s |", "|---|---|---|---|---|"]
+        for m, r in res["challenge"].items():
+            if isinstance(r, dict) and "vs_cosmos" in r:
+                L.append(f"| {m} | {r['vs_cosmos']['nrmse']:.1f} | {r['vs_cosmos']['xsim']:.3f} | "
+                         f"{r['vs_chi33']['nrmse']:.1f} | {r['seconds']} |")
+            else:
+                L.append(f"| {m} | {r} | | | |")
+        L.append("")
+    if "speed" in res:
+        L += ["## Speed and peak memory (CPU, total field -> chi, synthetic ellipsoid mask)", "",
+              "| shape | threads | crop | total s | BFR s | VN s | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+        for r in res["speed"]:
+            if "seconds" in r:
+                t = r["timings"]
+                L.append(f"| {r['shape']} | {r['threads']} | {r['crop']} | {r['seconds']} | {t.get('bfr')} | "
+                         f"{t.get('inversion')} | {r['peak_rss_mb']} |")
+            else:
+                L.append(f"| {r['shape']} | error | {r.get('error', '')[:100]} |")
+        L.append("")
+    path.write_text("\n".join(L) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--heads", type=int, nargs="+", default=[13, 14, 15, 16])
+    ap.add_argument("--only", nargs="+", choices=["heads", "challenge", "speed"], default=["heads", "challenge", "speed"])
+    ap.add_argument("--noise-var", type=float, default=0.005)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shapes", default="164x205x205,256x256x176")
+    ap.add_argument("--out", default=str(HERE / "results_nextqsm.md"))
+    ap.add_argument("--weights-dir", default=None, help="weights folder (default: the shipped weights)")
+    ap.add_argument("--speed-one", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.speed_one:
+        print(json.dumps(speed_one(tuple(args.speed_one), args.threads, args.weights_dir)))
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)
+    methods, skipped = available(["nextqsm", "unet-baseline", *CLASSICAL])
+    res: dict = {"methods": methods, "skipped_methods": skipped, "size": args.size}
+    if "heads" in args.only:
+        res["heads"] = bench_heads(args.heads, args.size, methods, args.noise_var, log)
+    if "challenge" in args.only:
+        res["challenge"] = bench_challenge(log)
+    if "speed" in args.only:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        res["speed"] = bench_speed(shapes, args.threads, log, args.weights_dir)
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+    write_md(res, out, sys.argv[1:] if argv is None else argv)
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
