@@ -78,6 +78,13 @@ def test_tv_recovers_piecewise_constant_phantom(vs, b0):
     assert e_tv < 15.0 and e_tv < 0.6 * e_tkd, (e_tv, e_tkd)
 
 
+def test_tv_weighted_variant():
+    chi, local, mask, _, _ = phantom(32)
+    mag = np.where(mask, 1.0, 0.2).astype(np.float32)
+    est = tv_admm(local, mask, lam=3e-4, iters=80, weighted=True, magnitude=mag, device="cpu")
+    assert nrmse(est, chi, mask) < 20.0
+
+
 def test_tv_beats_tkd_with_noise():
     chi, local, mask, _, _ = phantom(40, seed=1)
     noisy = local + np.random.default_rng(3).normal(0, 0.003, local.shape).astype(np.float32)

@@ -37,9 +37,14 @@ def metrics(x, ref, mask) -> dict:
     return {k: round(v, 4) for k, v in score(x, ref, mask).items()}
 
 
+WEIGHTS_DIR = None  # set by --weights-dir (default: the shipped weights)
+
+
 def run_method(name, inp, **kw):
     from nextqsm.pipeline import run
 
+    if name in ("nextqsm", "unet-baseline") and WEIGHTS_DIR:
+        kw.setdefault("weights_dir", WEIGHTS_DIR)
     t = time.perf_counter()
     res = run(name, inp, **kw)
     return res, time.perf_counter() - t
@@ -52,7 +57,7 @@ def available(names):
     return [n for n in names if n in av], [n for n in names if n not in av]
 
 
-def bench_heads(heads, size, methods, noise_var, log) -> dict:
+def bench_heads(heads, size, methods, noise_var, log, reuse: dict | None = None) -> dict:
     from nextqsm.pipeline import QSMInput
     from nextqsm_training.heads import realistic_head
 
@@ -64,6 +69,8 @@ def bench_heads(heads, size, methods, noise_var, log) -> dict:
         inp = QSMInput(field=h["total_field"], mask=mask, kind="total", voxel_size=tuple(h["voxel_size"]),
                        b0_dir=tuple(h["b0_dir"]))
         row = {"head": i, "voxel_size": [round(float(v), 3) for v in h["voxel_size"]]}
+        old = next((c for c in (reuse or {}).get("cases", []) if c["head"] == i), {})
+        row.update({k: v for k, v in old.items() if k not in methods and k not in ("head", "voxel_size")})
         for m in methods:
             try:
                 res, dt = run_method(m, inp)
@@ -123,11 +130,15 @@ def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None
     rng = np.random.default_rng(0)
     field = (0.05 * rng.standard_normal(shape)).astype(np.float32) * mask
     inp = QSMInput(field=field, mask=mask, kind="total", voxel_size=(1.0, 1.0, 1.0))
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     res = run("nextqsm", inp, device="cpu", weights_dir=weights_dir)
     total = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"shape": list(shape), "threads": threads, "seconds": round(total, 1),
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    peak_mb = r1.ru_maxrss / 1024
+    return {"shape": list(shape), "threads": threads, "seconds": round(total, 1), "cpu_seconds": round(cpu, 1),
+            "loadavg_1min": round(os.getloadavg()[0], 1),
             "timings": {k: round(v, 2) for k, v in res.timings.items()}, "peak_rss_mb": round(peak_mb),
             "crop": res.params.get("crop_shape")}
 
@@ -146,7 +157,7 @@ def bench_speed(shapes, threads, log, weights_dir=None) -> list:
     return rows
 
 
-def write_md(res: dict, path: Path, argv: list[str]) -> None:
+def write_md(res: dict, path: Path, argv: list[str], weights_dir=None) -> None:
     L = ["# NeXtQSM benchmark results", "",
          f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_nextqsm.py', *argv])}`  ",
          f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU cores "
@@ -154,7 +165,8 @@ def write_md(res: dict, path: Path, argv: list[str]) -> None:
     try:
         from nextqsm.models.weights import describe
 
-        L += ["Weights: " + ", ".join(f"{n} (steps {e['steps']}, {str(e['sha256'])[:12]}...)" for n, e in describe().items()), ""]
+        L += [f"Weights ({weights_dir or 'shipped'}): " + ", ".join(
+            f"{n} (steps {e['steps']}, sha256 {str(e['sha256'])[:12]}...)" for n, e in describe(weights_dir).items()), ""]
     except Exception:
         pass
     if res.get("skipped_methods"):
@@ -193,12 +205,15 @@ def write_md(res: dict, path: Path, argv: list[str]) -> None:
         L.append("")
     if "speed" in res:
         L += ["## Speed and peak memory (CPU, total field -> chi, synthetic ellipsoid mask)", "",
-              "| shape | threads | crop | total s | BFR s | VN s | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+              "Wall seconds on the shared machine are inflated by the other jobs (load average given); CPU seconds "
+              "(user + system, all threads) / threads approximates the wall time on an idle machine.", "",
+              "| shape | threads | crop | wall s | CPU s | load avg | BFR s | VN s | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for r in res["speed"]:
             if "seconds" in r:
                 t = r["timings"]
-                L.append(f"| {r['shape']} | {r['threads']} | {r['crop']} | {r['seconds']} | {t.get('bfr')} | "
-                         f"{t.get('inversion')} | {r['peak_rss_mb']} |")
+                L.append(f"| {r['shape']} | {r['threads']} | {r['crop']} | {r['seconds']} | {r.get('cpu_seconds')} | "
+                         f"{r.get('loadavg_1min')} | {t.get('bfr')} | {t.get('inversion')} | {r['peak_rss_mb']} |")
             else:
                 L.append(f"| {r['shape']} | error | {r.get('error', '')[:100]} |")
         L.append("")
@@ -214,6 +229,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", default="164x205x205,256x256x176")
     ap.add_argument("--out", default=str(HERE / "results_nextqsm.md"))
+    ap.add_argument("--methods", nargs="+", default=["nextqsm", "unet-baseline", *CLASSICAL])
+    ap.add_argument("--reuse", default=None, help="JSON of an earlier run: keep its results for methods not rerun")
     ap.add_argument("--weights-dir", default=None, help="weights folder (default: the shipped weights)")
     ap.add_argument("--speed-one", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -222,12 +239,16 @@ def main(argv=None) -> int:
         return 0
     import torch
 
+    global WEIGHTS_DIR
+    WEIGHTS_DIR = args.weights_dir
     torch.set_num_threads(args.threads)
     log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)
-    methods, skipped = available(["nextqsm", "unet-baseline", *CLASSICAL])
-    res: dict = {"methods": methods, "skipped_methods": skipped, "size": args.size}
+    methods, skipped = available(args.methods)
+    reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+    res: dict = {"methods": list(dict.fromkeys([*methods, *reuse.get("methods", [])])), "skipped_methods": skipped,
+                 "size": args.size}
     if "heads" in args.only:
-        res["heads"] = bench_heads(args.heads, args.size, methods, args.noise_var, log)
+        res["heads"] = bench_heads(args.heads, args.size, methods, args.noise_var, log, reuse.get("heads"))
     if "challenge" in args.only:
         res["challenge"] = bench_challenge(log)
     if "speed" in args.only:
@@ -235,7 +256,7 @@ def main(argv=None) -> int:
         res["speed"] = bench_speed(shapes, args.threads, log, args.weights_dir)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
-    write_md(res, out, sys.argv[1:] if argv is None else argv)
+    write_md(res, out, sys.argv[1:] if argv is None else argv, args.weights_dir)
     log(f"wrote {out}")
     return 0
 

@@ -135,18 +135,20 @@ def _random_b0(rng, opts) -> np.ndarray:
 
 def _brain_mask(idx: torch.Tensor, mask_lut: torch.Tensor, brain_lut: torch.Tensor, csf_lut: torch.Tensor,
                 rng, variation: bool):
-    """(mask, brain region): mask = brain + ventricles + sulcal CSF (precomputed label), with
-    random variations: erosion by 1-2 voxels (30 %) or a 1-voxel dilation into CSF (25 %)."""
+    """(mask, anatomical mask, brain region). The anatomical mask is brain + ventricles + sulcal CSF
+    (a precomputed label); the returned mask varies it at random: a 1-voxel erosion (30 %) or a
+    1-voxel dilation into CSF (25 %), like the spread of real brain masks."""
     il = idx.long()
     brain = brain_lut[il]
-    mask = mask_lut[il]
+    anat = mask_lut[il]
+    mask = anat
     if variation:
         u = rng.random()
         if u < 0.3:
-            mask = erode(mask, int(rng.integers(1, 3))) | (brain & erode(brain, 1))
+            mask = erode(anat, 1)
         elif u < 0.55:
-            mask = mask | (dilate(mask, 1) & csf_lut[il])
-    return mask, brain
+            mask = anat | (dilate(anat, 1) & csf_lut[il])
+    return mask, anat, brain
 
 
 def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = False, **opts) -> dict:
@@ -193,7 +195,7 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
     csf_lut = torch.from_numpy((tis == int(Tissue.CSF)) | np.isin(codes, list(VENTRICLE_LABELS))).to(dev)
     chi = values[idx.long()]
     mask_lut = torch.from_numpy(np.array([is_mask_label(c) for c in codes])).to(dev)
-    mask, brain = _brain_mask(idx, mask_lut, brain_lut, csf_lut, rng, o["mask_variation"])
+    mask, anat, brain = _brain_mask(idx, mask_lut, brain_lut, csf_lut, rng, o["mask_variation"])
     add_texture(chi, brain, rng, o["texture_ppm"])
     pts = region_points(brain)
     if o["lesions"]:
@@ -206,7 +208,7 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
         add_spots(chi, brain, rng, vs, o["calcifications"], value=(-1.2, -0.4), radius_mm=(1.0, 3.0), points=pts)
 
     # --- external sources: head classes outside the mask + random ellipsoids
-    keep_out = dilate(mask, max(1, int(round(2.0 / float(vs.min())))))
+    keep_out = dilate(mask | anat, max(1, int(round(2.0 / float(vs.min())))))   # ellipsoids: never in the brain
     ext = torch.full(shape, float("nan"), device=dev)
     n_ell = int(rng.integers(o["n_ellipsoids"][0], o["n_ellipsoids"][1] + 1)) if o["n_ellipsoids"] else 0
     random_ellipsoids(ext, keep_out, vs, rng, n=n_ell, brain_volume_vox=float(brain.sum()),

@@ -11,12 +11,14 @@ background removal with the U-Net; dipole inversion with the VN (NeXtQSM) or a p
 Geometry: the VN data term uses the TRUE dipole kernel for ``inp.voxel_size`` and
 ``inp.b0_dir`` (any oblique direction, anisotropic voxels). The U-Nets (background removal,
 the VN regulariser and the baseline inversion) are convolutional and see no geometry: they
-were trained on data from the hybrid generator with the B0 direction and voxel size that
-the generator draws (see the manifest's ``training.data``; the shipped weights were
-trained with B0 along the k axis, isotropic voxels). For oblique acquisitions the
-background U-Net therefore assumes a field pattern of B0 along k, and the VN's data
-consistency corrects the inversion with the true tilted kernel. The baseline has no data
-term and assumes B0 along k throughout.
+learnt whatever the training data showed. The shipped weights were trained on
+``nextqsm_training.simulate.make_pair`` volumes (see the manifest's ``training.data``): B0
+along the k axis in 70 % of the samples and tilted by up to 25 degrees (random azimuth) in
+30 % (the generator's default ``b0_tilt_deg=(0.3, 25)``), then randomly flipped and i/j
+transposed (B0 transformed accordingly); isotropic voxels of 1, 1.5, 2 and 3 mm. So the
+background U-Net assumes B0 near the k axis (within ~25 degrees) and voxels of 1-3 mm; the
+VN's data consistency uses the exact tilted kernel. The baseline has no data term: its
+inversion U-Net assumes the same near-k B0 throughout.
 
 Device: ``device='auto'`` (or ``inp.device``) uses CUDA when available; a CUDA
 out-of-memory error falls back to the CPU (reported in ``result.device`` and
