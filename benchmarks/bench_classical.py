@@ -79,7 +79,7 @@ def bench_speed(ch) -> list[str]:
     rows = ["| step (160^3) | seconds | note |", "|---|---|---|"]
     t0 = time.perf_counter()
     vsharp(total, mb, VOXEL)
-    rows.append(f"| V-SHARP (radii 12..2 mm, mask_bet) | {time.perf_counter() - t0:.1f} | scipy.fft, workers=-1 (bar 15 s) |")
+    rows.append(f"| V-SHARP (default radii 12..1 mm, mask_bet) | {time.perf_counter() - t0:.1f} | scipy.fft, workers=-1 (bar 15 s) |")
     print(rows[-1], flush=True)
     t0 = time.perf_counter()
     ilsqr(ch["field"], ch["mask"], VOXEL, (0, 0, 1), device="cpu")

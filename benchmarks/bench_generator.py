@@ -112,6 +112,18 @@ def bench_cli(n: int = 4, size: int = 96) -> dict:
             "seconds": dt, "rows": rows}
 
 
+QA_TEXT = """## QA sheets in the README
+
+`Resources/Screenshots/qa_sheet_1.png` and `qa_sheet_2.png` are the QA sheets of:
+
+    nextqsm-train generate --n 4 --size 128 --shard-size 4 --seed 1 --out /tmp/qa1
+    nextqsm-train generate --n 4 --size 128 --shard-size 4 --seed 5 --source procedural:3 synthseg:2 --out /tmp/qa2
+
+(copy of `qa_00000.png` of each). Columns: source label map resampled without deformation, deformed
+label map, brain chi, local field, total field (demeaned), external chi with the mask outline.
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=5)
@@ -166,7 +178,8 @@ def main() -> None:
                  f"({', '.join(f'{v:.2f}' for v in r['b0_dir'])}) | {r['nrmse_pct']:.3f} | {r['bg_over_local']:.1f} | "
                  f"{r['local_rms_ppm']:.4f} | {r['bg_rms_ppm']:.3f} |")
     L += ["", "Bars: NRMSE < 2 % and background/local >= 5 in every pair. The NRMSE is not 0 because the "
-          "generator pads by size/6 and the reference (core `forward_field`) by size/4.", ""]
+          "generator pads by size/6 and the reference (core `forward_field`) by size/4.", "",
+          QA_TEXT]
     Path(a.out).write_text("\n".join(L))
     print("\n".join(L))
 

@@ -169,6 +169,10 @@ def write_cache(out: str | os.PathLike, n: int, size: int, seed: int = 0, source
 
     from .label_sources import expand_sources
 
+    if opts.get("noise"):
+        raise QSMInputError("noise", "the cache stores noise-free fields",
+                            "add noise when training: CachedDataset(root, noise='random') or HybridDataset(noise=...)")
+
     if fmt not in ("shards", "nifti"):
         raise QSMInputError("--format", f"unknown format {fmt!r}", "use shards or nifti")
     if n < 1 or size < 16:

@@ -75,16 +75,43 @@ class HybridDataset(Dataset):
         return item
 
 
-class CachedDataset(Dataset):
-    """Pairs read from a cache folder written by :func:`cache.write_cache` (any format)."""
+def add_field_noise(item: dict, sigma: float, seed: int) -> dict:
+    """Add Gaussian noise (std ``sigma`` ppm, seeded) to the masked fields of a tensor item; the
+    clean fields are kept as ``*_clean``."""
+    g = torch.Generator().manual_seed(int(seed))
+    m = item["mask"]
+    for k in ("local_field", "total_field"):
+        item[k + "_clean"] = item[k]
+        item[k] = (item[k] + sigma * torch.randn(item[k].shape, generator=g)) * m
+    return item
 
-    def __init__(self, root):
+
+class CachedDataset(Dataset):
+    """Pairs read from a cache folder written by :func:`cache.write_cache` (any format).
+
+    The cache holds noise-free fields; ``noise`` (a std in ppm, or ``"random"``: local-field RMS
+    divided by an SNR drawn from ``snr``) adds Gaussian field noise on the fly, deterministic per
+    index and ``seed`` (clean fields then as ``*_clean``).
+    """
+
+    def __init__(self, root, noise: float | str | None = None, snr=(20.0, 200.0), seed: int = 0):
         from .cache import CacheReader
 
         self.reader = CacheReader(root)
+        self.noise, self.snr, self.seed = noise, snr, int(seed)
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def __getitem__(self, index: int) -> dict:
-        return to_item(self.reader[index], index)
+        item = to_item(self.reader[index], index)
+        if self.noise:
+            s = pair_seed(self.seed + 1_000_003, index)
+            if self.noise == "random":
+                m = item["mask"] > 0
+                rms = float(item["local_field"][m].pow(2).mean().sqrt()) if m.any() else 0.0
+                sigma = rms / np.random.default_rng(s).uniform(*self.snr)
+            else:
+                sigma = float(self.noise)
+            add_field_noise(item, sigma, s)
+        return item

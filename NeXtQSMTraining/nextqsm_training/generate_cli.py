@@ -23,7 +23,6 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "else procedural)")
     p.add_argument("--shard-size", type=int, default=16, help="pairs per shard / QA sheet (default 16)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: in this process)")
-    p.add_argument("--noise", default="0", help="field noise: 0 (none, default), a std in ppm, or 'random'")
     p.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="MM",
                    help="fixed voxel size (1 or 3 values, mm); default: fit the brain into the grid")
     p.add_argument("--no-qa", action="store_true", help="skip the QA PNG sheets")
@@ -37,15 +36,7 @@ def run(args) -> int:
 
     from .cache import write_cache
 
-    noise: float | str
-    if args.noise == "random":
-        noise = "random"
-    else:
-        try:
-            noise = float(args.noise)
-        except ValueError:
-            raise QSMInputError("--noise", f"{args.noise!r} is not a number", "use 0, a std in ppm, or random")
-    opts = {"noise": noise}
+    opts: dict = {}   # fields are stored noise-free; noise is a training-time augmentation
     if args.voxel_size:
         if len(args.voxel_size) not in (1, 3):
             raise QSMInputError("--voxel-size", "needs 1 or 3 values", "e.g. --voxel-size 1 or 1 1 2")

@@ -2,12 +2,13 @@
 
 Four steps, all in torch (CPU or CUDA):
 
-1. **LSQR** on the weighted dipole model  min ||W (D chi - f)||^2  (Paige & Saunders LSQR,
-   tolerance ``tol`` = 0.01, at most ``maxiter`` = 50 iterations as in the paper). W is the mask
-   times Laplacian-based reliability weights (paper Eq. 7): |Laplacian(f)| below its 60th
+1. **LSQR** on the weighted dipole model in the paper's normal-equation form (Eq. 6):
+   D^T W^2 D chi = D^T W^2 f (Paige & Saunders LSQR, tolerance ``tol`` = 0.01, at most
+   ``maxiter`` = 50 iterations as in the paper; the early stop regularises). W is the mask
+   times Laplacian-based reliability weights (Eq. 7): |Laplacian(f)| below its 60th
    percentile -> 1, above its 99.9th -> 0, linear in between (times a normalised magnitude
-   when given). This solution is sharp but carries streaking artifacts in the ill-conditioned
-   cone of k-space.
+   when given). ``normal=False`` runs LSQR on W D chi = W f instead (sharper, more streaks).
+   This solution carries streaking artifacts in the ill-conditioned cone of k-space.
 2. **Fast QSM** chi_FS: truncated k-space division with threshold 1/8 (the paper's Eq. 12,
    used there to calibrate its fast estimate), whose gradient gives the structural edges.
 3. **Streaking artifacts** chi_SA = P_ic x with P_ic the projection onto the cone |D| < 0.1 and
@@ -111,7 +112,7 @@ def ilsqr(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.
           cone_threshold: float = 0.1, fs_threshold: float = 0.125, sa_tol: float = 1e-2,
           sa_maxiter: int = 50, lap_percentiles: tuple[float, float] = (60.0, 99.9),
           edge_percentiles: tuple[float, float] = (50.0, 70.0), magnitude: Optional[np.ndarray] = None,
-          pad: int | Sequence[int] | None = 12, device: str = "auto",
+          pad: int | Sequence[int] | None = 12, normal: bool = True, device: str = "auto",
           callback: Optional[Callable[[float, str], None]] = None, return_steps: bool = False):
     """iLSQR-style inversion (see the module docstring; defaults from Li et al. 2015).
 
@@ -126,6 +127,8 @@ def ilsqr(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.
         edge_percentiles: (low, high) percentiles of |grad chi_FS| for the edge weights.
         magnitude: optional magnitude for the data weighting.
         pad: zero padding per side around the mask's bounding box (voxels; default 12).
+        normal: LSQR on the normal equations as in the paper (default) or on the weighted model.
+            Challenge NRMSE vs COSMOS 85.0 % (normal) / 95.5 %; noise-free simulated head 52.1 % / 45.3 %.
         device: 'auto' | 'cpu' | 'cuda'.
         callback: called as callback(fraction_done, stage).
         return_steps: also return a dict with chi_lsqr, chi_fs and chi_sa (full-size arrays).
@@ -156,9 +159,15 @@ def ilsqr(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.
         irfft = lambda X: torch.fft.irfftn(X, s=shape, dim=(-3, -2, -1))  # noqa: E731
 
         # 1. LSQR on the weighted dipole model
-        A = lambda x: W * irfft(D * rfft(x))  # noqa: E731
-        AT = lambda y: irfft(D * rfft(W * y))  # noqa: E731
-        chi_l, n1 = lsqr_torch(A, AT, W * f, f, tol=tol, maxiter=maxiter,
+        if normal:
+            W2 = W * W
+            A = AT = lambda x: irfft(D * rfft(W2 * irfft(D * rfft(x))))  # noqa: E731
+            b1 = irfft(D * rfft(W2 * f))
+        else:
+            A = lambda x: W * irfft(D * rfft(x))  # noqa: E731
+            AT = lambda y: irfft(D * rfft(W * y))  # noqa: E731
+            b1 = W * f
+        chi_l, n1 = lsqr_torch(A, AT, b1, f, tol=tol, maxiter=maxiter,
                                callback=lambda i: report(0.5 * i / maxiter, "iLSQR: LSQR"))
         chi_l = chi_l * M
 

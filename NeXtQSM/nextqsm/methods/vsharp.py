@@ -22,19 +22,25 @@ from ..dipole import pad_array
 Vec3 = Sequence[float]
 
 
-def smv_kernel(shape: Sequence[int], voxel_size: Vec3, radius_mm: float) -> np.ndarray:
-    """Normalised spherical kernel (sum 1) of ``radius_mm`` on ``shape``, centred at voxel 0 (FFT order).
-
-    A voxel belongs to the sphere when its centre lies within ``radius_mm`` of the origin
-    (always at least the centre voxel).
-    """
+def _r2_grid(shape: Sequence[int], voxel_size: Vec3) -> np.ndarray:
+    """Squared distance (mm^2) of every voxel from voxel 0 with periodic wrap (FFT order), float64."""
     coords = []
     for ax, (n, d) in enumerate(zip(shape, voxel_size)):
         idx = np.fft.fftfreq(int(n), d=1.0 / int(n))  # 0, 1, ..., -2, -1 (integer offsets)
-        coords.append((idx * float(d)).reshape([-1 if a == ax else 1 for a in range(3)]))
-    r2 = coords[0] ** 2 + coords[1] ** 2 + coords[2] ** 2
-    s = (r2 <= float(radius_mm) ** 2 + 1e-9).astype(np.float64)
-    return s / s.sum()
+        coords.append((idx * float(d)).reshape([-1 if a == ax else 1 for a in range(3)]) ** 2)
+    return coords[0] + coords[1] + coords[2]
+
+
+def smv_kernel(shape: Sequence[int], voxel_size: Vec3, radius_mm: float, r2: np.ndarray | None = None,
+               dtype=np.float64) -> np.ndarray:
+    """Normalised spherical kernel (sum 1) of ``radius_mm`` on ``shape``, centred at voxel 0 (FFT order).
+
+    A voxel belongs to the sphere when its centre lies within ``radius_mm`` of the origin
+    (always at least the centre voxel). ``r2``: a precomputed :func:`_r2_grid`.
+    """
+    r2 = _r2_grid(shape, voxel_size) if r2 is None else r2
+    s = (r2 <= float(radius_mm) ** 2 + 1e-9).astype(dtype)
+    return s / s.sum(dtype=np.float64)
 
 
 def default_radii(voxel_size: Vec3, max_mm: float = 12.0) -> np.ndarray:
@@ -81,8 +87,8 @@ def vsharp(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1
     elif np.isscalar(pad):
         pad = [int(pad)] * 3
     pshape = tuple(sfft.next_fast_len(n + 2 * p, real=True) for n, p in zip(f.shape, pad))
-    fp, sl = pad_array(np.where(m, f, 0.0), pshape)
-    mp, _ = pad_array(m.astype(np.float64), pshape)
+    fp, sl = pad_array(np.where(m, f, 0.0).astype(np.float32), pshape)
+    mp, _ = pad_array(m.astype(np.float32), pshape)
 
     def rfft(x):
         return sfft.rfftn(x, workers=-1)
@@ -90,19 +96,23 @@ def vsharp(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1
     def irfft(x):
         return sfft.irfftn(x, s=pshape, workers=-1)
 
-    F = rfft(fp)
+    r2 = _r2_grid(pshape, vs)
+    F = rfft(fp)  # float32 transforms: ~2x faster than float64, errors ~1e-7 relative
     M = rfft(mp)
-    local = np.zeros(pshape, dtype=np.float64)
+    local = np.zeros(pshape, dtype=np.float32)
     assigned = np.zeros(pshape, dtype=bool)
     hp_inv = None
     eroded = None
     for i, r in enumerate(radii):
-        S = rfft(smv_kernel(pshape, vs, r)).real  # symmetric kernel: real spectrum
-        eroded = irfft(M * S) > 1.0 - 1e-6  # sphere of radius r fully inside the mask
+        k = smv_kernel(pshape, vs, r, r2=r2, dtype=np.float32)
+        n_sphere = int(np.count_nonzero(k))
+        S = rfft(k).real  # symmetric kernel: real spectrum
+        # sphere of radius r fully inside the mask: its mean of the mask is 1 (one voxel missing: 1 - 1/n)
+        eroded = irfft(M * S) > 1.0 - 0.5 / n_sphere
         hp = 1.0 - S
         if i == 0:
             keep = np.abs(hp) > threshold
-            hp_inv = np.where(keep, 1.0 / np.where(keep, hp, 1.0), 0.0)
+            hp_inv = np.where(keep, 1.0 / np.where(keep, hp, 1.0), 0.0).astype(np.float32)
         new = eroded & ~assigned
         if new.any():
             local[new] = irfft(F * hp)[new]
