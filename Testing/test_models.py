@@ -252,3 +252,13 @@ def test_nextqsm_module_end_to_end_shapes():
     net = NeXtQSM(bfr=TINY, vn={"steps": 2, "unet": TINY})
     chi, lf = net(torch.randn(2, 1, 12, 12, 12), torch.ones(2, 1, 12, 12, 12), (1, 1, 1), (0, 0, 1))
     assert chi.shape == lf.shape == (2, 1, 12, 12, 12)
+
+
+def test_nextqsm_with_vsharp_background_removal(weights_dir):
+    chi, lf, mask = toy(20)
+    inp = QSMInput(field=lf, mask=mask, kind="total")
+    res = run("nextqsm", inp, weights_dir=weights_dir, device="cpu", bfr="vsharp")
+    assert res.params["bfr"] == "vsharp" and "vsharp" in res.timings
+    assert res.mask.sum() <= mask.sum() and np.isfinite(res.chi).all()
+    with pytest.raises(QSMInputError, match="bfr"):
+        run("nextqsm", inp, weights_dir=weights_dir, bfr="magic")

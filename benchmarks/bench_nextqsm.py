@@ -51,10 +51,11 @@ def run_method(name, inp, **kw):
 
 
 def available(names):
+    """Importable methods; ``nextqsm:vsharp`` = V-SHARP background removal + the VN (diagnostic variant)."""
     from nextqsm.pipeline import available_methods
 
     av = set(available_methods())
-    return [n for n in names if n in av], [n for n in names if n not in av]
+    return [n for n in names if n.split(":")[0] in av], [n for n in names if n.split(":")[0] not in av]
 
 
 def bench_heads(heads, size, methods, noise_var, log, reuse: dict | None = None) -> dict:
@@ -73,7 +74,7 @@ def bench_heads(heads, size, methods, noise_var, log, reuse: dict | None = None)
         row.update({k: v for k, v in old.items() if k not in methods and k not in ("head", "voxel_size")})
         for m in methods:
             try:
-                res, dt = run_method(m, inp)
+                res, dt = run_method(m.split(":")[0], inp, **({"bfr": "vsharp"} if m.endswith(":vsharp") else {}))
                 row[m] = {**metrics(res.chi, h["chi"], mask), "seconds": round(dt, 1)}
             except Exception as exc:  # report, keep going
                 row[m] = {"error": f"{type(exc).__name__}: {exc}"[:200]}

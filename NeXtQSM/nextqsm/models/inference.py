@@ -67,7 +67,7 @@ def _check(inp: QSMInput) -> None:
 
 
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
-         overlap, max_voxels, method: str) -> QSMResult:
+         overlap, max_voxels, method: str, bfr: str = "unet") -> QSMResult:
     import torch
 
     from .vn import VariationalNetwork
@@ -75,6 +75,20 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
 
     _check(inp)
     t0 = time.perf_counter()
+    if bfr not in ("unet", "vsharp"):
+        raise QSMInputError("bfr", f"unknown background removal {bfr!r}", "use 'unet' (default) or 'vsharp'")
+    if bfr == "vsharp" and inp.kind == "total":  # classical background removal, then the networks' inversion
+        from dataclasses import replace
+
+        from ..methods.vsharp import vsharp
+
+        report(progress, 0.05, "background-field removal (V-SHARP)")
+        local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
+        res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
+                   margin, pad, tile, overlap, max_voxels, method)
+        res.timings["vsharp"] = time.perf_counter() - t0
+        res.params["bfr"] = "vsharp"
+        return res
     dev = pick_device(device or inp.device)
     report(progress, 0.02, "loading weights")
     bfr_name, inv_name = names
@@ -135,7 +149,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
 
 def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                 pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
-                max_voxels: int = 24_000_000, **_ignored) -> QSMResult:
+                max_voxels: int = 24_000_000, bfr: str = "unet", **_ignored) -> QSMResult:
     """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
 
     Args:
@@ -146,10 +160,12 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
         pad: zero padding (voxels per side) of the VN's FFT data term (``None``: a quarter of each size).
         tile / overlap / max_voxels: U-Net calls are tiled with cubes of ``tile`` voxels (default 128
             when the crop exceeds ``max_voxels``) and ``overlap`` voxels of context.
+        bfr: 'unet' (NeXtQSM's background U-Net, default) or 'vsharp' (classical V-SHARP, then the VN;
+            the result's mask is then V-SHARP's eroded mask).
     Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
     """
     return _run(inp, ("nextqsm-bfr", "nextqsm-vn"), progress, weights_dir, device, margin, pad, tile, overlap,
-                max_voxels, "nextqsm")
+                max_voxels, "nextqsm", bfr)
 
 
 def run_unet_baseline(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,

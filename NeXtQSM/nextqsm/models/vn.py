@@ -9,7 +9,10 @@ scales the output by ``a`` (exactly up to float rounding; tested to 1e-4 relativ
 VN (Lai et al. style learned proximal gradient, as in the NeXtQSM release)::
 
     f  = local field / s            (masked)
-    x0 = f                          (chi initialised from the local field)
+    x0 = f                          (``init='field'``: chi initialised with the local field, as released)
+    x0 = M TKD(f)                   (``init='tkd'``: truncated k-space division of the local field,
+                                     threshold 0.19 -- a linear, physics-only start; used by the shipped
+                                     weights because the CPU training budget was a few hundred steps)
     x_{t+1} = x_t - lambda_t * D^T M (D x_t - f) - R(x_t),   t = 0..S-1
     chi = s * M x_S
 
@@ -129,15 +132,21 @@ class VariationalNetwork(nn.Module):
         lambda_init: initial data-term step size of every step (0.1), kept >= 0 by softplus.
         pad: zero padding (voxels per side) for the dipole convolution; ``None`` = ``padded_shape`` default.
         checkpointing: gradient checkpointing of the regulariser (saves memory while training).
+        init: 'field' (x0 = local field) or 'tkd' (x0 = TKD of the local field, ``tkd_threshold``).
     """
 
     def __init__(self, steps: int = 6, unet: dict | None = None, lambda_init: float = 0.1, pad=None,
-                 checkpointing: bool = False):
+                 checkpointing: bool = False, init: str = "field", tkd_threshold: float = 0.19):
         super().__init__()
         unet = dict(unet or {})
         unet.setdefault("in_ch", 1)
         unet.setdefault("out_ch", 1)
-        self.config = dict(steps=steps, unet=unet, lambda_init=lambda_init, pad=pad)
+        if init not in ("field", "tkd"):
+            raise ValueError(f"unknown init {init!r} (use 'field' or 'tkd')")
+        self.config = dict(steps=steps, unet=unet, lambda_init=lambda_init, pad=pad, init=init,
+                           tkd_threshold=tkd_threshold)
+        self.init = init
+        self.tkd_threshold = float(tkd_threshold)
         self.steps = steps
         self.pad = pad
         self.checkpointing = checkpointing
@@ -163,6 +172,13 @@ class VariationalNetwork(nn.Module):
         r = m * (dipole_conv(x, kernel) - f)
         return dipole_conv(r, kernel)
 
+    def tkd(self, f: torch.Tensor, m: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Truncated k-space division of ``f`` (masked): 1/D where |D| > t, sign(D)/t elsewhere (linear in f)."""
+        t = self.tkd_threshold
+        big = kernel.abs() > t
+        inv = torch.where(big, 1.0 / torch.where(big, kernel, torch.ones_like(kernel)), torch.sign(kernel) / t)
+        return dipole_conv(f * m, inv) * m
+
     def forward(self, field: torch.Tensor, mask: torch.Tensor, voxel_size: Vec3s = (1.0, 1.0, 1.0),
                 b0_dir: Vec3s = (0.0, 0.0, 1.0), kernel: torch.Tensor | None = None) -> torch.Tensor:
         """field: local field (B, 1, i, j, k) ppm; mask (B, 1, i, j, k) {0,1}; returns chi (B, 1, i, j, k) ppm.
@@ -175,7 +191,7 @@ class VariationalNetwork(nn.Module):
         if kernel is None:
             kernel = batch_kernels(field.shape[-3:], voxel_size, b0_dir, field.shape[0], self.pad, field.device)
         lam = self.lambdas
-        x = f
+        x = f if self.init == "field" else self.tkd(f, m, kernel)
         for t in range(self.steps):
             g = self.data_grad(x, f, m, kernel)
             r = _call(self.reg, x, self.checkpointing and self.training, self.tile)
