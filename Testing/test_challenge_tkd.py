@@ -15,7 +15,7 @@ def test_tkd_on_challenge_matches_reference_figures(tmp_path):
     d = shared_data("qsm2016_challenge")
     out = tmp_path / "out.nii.gz"
     cmd = [sys.executable, "-m", "nextqsm.cli", str(d / "phs_tissue.nii.gz"), str(d / "msk.nii.gz"), str(out),
-           "--method", "tkd", "--input", "local", "--param", "threshold=0.19", "--quiet"]
+           "--method", "tkd", "--input", "local", "--param", "tkd_threshold=0.19", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     chi_img = nib.load(str(out))

@@ -262,3 +262,32 @@ def test_nextqsm_with_vsharp_background_removal(weights_dir):
     assert res.mask.sum() <= mask.sum() and np.isfinite(res.chi).all()
     with pytest.raises(QSMInputError, match="bfr"):
         run("nextqsm", inp, weights_dir=weights_dir, bfr="magic")
+
+
+def test_vn_tkd_initialisation_matches_core_tkd():
+    from nextqsm.methods.tkd import tkd
+
+    chi, lf, mask = toy(16, b0=(0.0, 0.3, 1.0))
+    vn = VariationalNetwork(steps=1, unet=TINY, init="tkd")
+    k = batch_kernels(lf.shape, (1, 1, 1), (0.0, 0.3, 1.0), 1)
+    pad = [(p - n) // 2 for p, n in zip(even_padded_shape(lf.shape), lf.shape)]
+    ref = tkd(lf, mask, (1, 1, 1), (0.0, 0.3, 1.0), pad=pad[0]) if len(set(pad)) == 1 else None
+    got = vn.tkd(t5(lf), t5(mask), k)[0, 0].numpy()
+    if ref is not None:
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.isfinite(got).all() and np.abs(got).max() > 0
+
+
+def test_manifest_default_bfr(weights_dir, tmp_path):
+    import shutil
+
+    from nextqsm.models.weights import set_defaults
+
+    d = tmp_path / "w"
+    shutil.copytree(weights_dir, d)
+    set_defaults(d, bfr="vsharp")
+    chi, lf, mask = toy(20)
+    res = run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), weights_dir=d, device="cpu")
+    assert res.params["bfr"] == "vsharp"
+    res = run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), weights_dir=d, device="cpu", bfr="unet")
+    assert res.params["bfr"] == "unet"

@@ -44,11 +44,12 @@ def nrmse(x, ref, m):
 
 
 def test_stencils_axial():
-    k = tgv.stencil_kernels((1, 1, 2), (0, 0, 1))
-    lap, wave = k
+    lap, wave = tgv.stencil_kernels((1, 1, 2), (0, 0, 1), fitted=False)
     assert lap[1, 1, 1] == pytest.approx(-2 - 2 - 0.5)
     assert wave[0, 1, 1] == pytest.approx(1 / 3) and wave[1, 1, 0] == pytest.approx(-2 / 3 / 4)
     assert np.allclose(wave, wave[::-1, ::-1, ::-1])  # point-symmetric -> self-adjoint
+    _, fit = tgv.stencil_kernels((1, 1, 2), (0, 0.4, 0.9), fitted=True)  # W(0) = 0, symmetric
+    assert abs(fit.sum()) < 1e-5 and np.allclose(fit, fit[::-1, ::-1, ::-1])
 
 
 def test_wave_is_laplacian_of_dipole_field():
@@ -63,7 +64,7 @@ def test_wave_is_laplacian_of_dipole_field():
     w = ops.wave(torch.from_numpy(chi)).numpy()
     lf = tgv.laplacian(f)
     inner = (slice(8, -8),) * 3
-    assert np.linalg.norm(w[inner] - lf[inner]) / np.linalg.norm(lf[inner]) < 0.05
+    assert np.linalg.norm(w[inner] - lf[inner]) / np.linalg.norm(lf[inner]) < 0.05  # measured 1-2 %
 
 
 def test_operator_adjoints():

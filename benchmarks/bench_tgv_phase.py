@@ -53,6 +53,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--iterations", type=int, default=None, help="TGV iterations (default: the method default)")
+    ap.add_argument("--coarse-iterations", type=int, default=None, help="TGV iterations per coarser level")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results_tgv_phase.md")))
     ap.add_argument("--skip-tgv", action="store_true")
@@ -73,6 +74,8 @@ def main() -> int:
     print(f"phantom {n}^3 ready", file=sys.stderr, flush=True)
     if not args.skip_tgv:
         params = {} if args.iterations is None else {"iterations": args.iterations}
+        if args.coarse_iterations is not None:
+            params["coarse_iterations"] = args.coarse_iterations
         t0, c0 = time.perf_counter(), time.process_time()
         res = run("tgv", QSMInput(field=total, mask=brain, device=args.device, te_s=0.02, b0_t=3.0), **params)
         t_tgv, c_tgv = time.perf_counter() - t0, time.process_time() - c0

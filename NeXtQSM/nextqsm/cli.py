@@ -64,7 +64,7 @@ def official_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-any-range", action="store_true",
                    help="skip the check that FIELD looks like ppm (not Hz or radians)")
     p.add_argument("--param", action="append", type=_parse_param, default=[], metavar="KEY=VALUE",
-                   help="method parameter, e.g. --param threshold=0.19 (repeatable)")
+                   help="method parameter, e.g. --param tkd_threshold=0.19 (repeatable; names in `nextqsm.methods.pipelines`)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

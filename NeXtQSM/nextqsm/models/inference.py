@@ -67,7 +67,7 @@ def _check(inp: QSMInput) -> None:
 
 
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
-         overlap, max_voxels, method: str, bfr: str = "unet") -> QSMResult:
+         overlap, max_voxels, method: str, bfr: Optional[str] = "unet") -> QSMResult:
     import torch
 
     from .vn import VariationalNetwork
@@ -75,6 +75,10 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
 
     _check(inp)
     t0 = time.perf_counter()
+    if bfr is None:  # the manifest may say which background removal the shipped weights should use
+        from .weights import load_manifest
+
+        bfr = load_manifest(weights_dir).get("defaults", {}).get("bfr", "unet")
     if bfr not in ("unet", "vsharp"):
         raise QSMInputError("bfr", f"unknown background removal {bfr!r}", "use 'unet' (default) or 'vsharp'")
     if bfr == "vsharp" and inp.kind == "total":  # classical background removal, then the networks' inversion
@@ -92,7 +96,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     dev = pick_device(device or inp.device)
     report(progress, 0.02, "loading weights")
     bfr_name, inv_name = names
-    bfr = load_model(bfr_name, weights_dir) if (bfr_name and inp.kind == "total") else None
+    bfr_net = load_model(bfr_name, weights_dir) if (bfr_name and inp.kind == "total") else None
     inv = load_model(inv_name, weights_dir)
     if isinstance(inv, VariationalNetwork) and pad is not None:
         inv.pad = pad
@@ -103,7 +107,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     nvox = int(np.prod(field.shape))
 
     def attempt(dev: str):
-        bf, iv = (bfr.to(dev) if bfr is not None else None), inv.to(dev)
+        bf, iv = (bfr_net.to(dev) if bfr_net is not None else None), inv.to(dev)
         if tile is not None or nvox > max_voxels:  # tile the local U-Net calls; the FFT data term stays global
             for net in (bf, iv):
                 if net is not None:
@@ -125,7 +129,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
             t["inversion"] = time.perf_counter() - ts
         return chi[0, 0].float().cpu().numpy(), lf[0, 0].float().cpu().numpy(), t
 
-    params = {"margin": margin, "pad": pad, "tile": tile, "crop_shape": list(field.shape), "weights": [bfr_name, inv_name]}
+    params = {"margin": margin, "pad": pad, "tile": tile, "crop_shape": list(field.shape), "weights": [bfr_name, inv_name],
+              "bfr": bfr if inp.kind == "total" else None}
     try:
         chi_c, lf_c, t = attempt(dev)
     except torch.OutOfMemoryError:
@@ -149,7 +154,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
 
 def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                 pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
-                max_voxels: int = 24_000_000, bfr: str = "unet", **_ignored) -> QSMResult:
+                max_voxels: int = 24_000_000, bfr: Optional[str] = None, **_ignored) -> QSMResult:
     """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
 
     Args:
@@ -160,8 +165,9 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
         pad: zero padding (voxels per side) of the VN's FFT data term (``None``: a quarter of each size).
         tile / overlap / max_voxels: U-Net calls are tiled with cubes of ``tile`` voxels (default 128
             when the crop exceeds ``max_voxels``) and ``overlap`` voxels of context.
-        bfr: 'unet' (NeXtQSM's background U-Net, default) or 'vsharp' (classical V-SHARP, then the VN;
-            the result's mask is then V-SHARP's eroded mask).
+        bfr: 'unet' (NeXtQSM's background U-Net) or 'vsharp' (classical V-SHARP, then the VN; the
+            result's mask is then V-SHARP's eroded mask). ``None``: the manifest's ``defaults.bfr``,
+            else 'unet'. Only used for ``inp.kind == 'total'``.
     Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
     """
     return _run(inp, ("nextqsm-bfr", "nextqsm-vn"), progress, weights_dir, device, margin, pad, tile, overlap,

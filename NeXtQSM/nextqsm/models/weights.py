@@ -118,6 +118,18 @@ def load_model(name: str, weights_dir: str | os.PathLike | None = None, device: 
     return model.to(device).eval()
 
 
+def set_defaults(weights_dir: str | os.PathLike | None = None, **defaults) -> dict:
+    """Record inference defaults in the manifest (e.g. ``bfr='vsharp'`` while the shipped background
+    U-Net is not yet good enough); ``run_nextqsm`` reads them when the caller does not choose."""
+    from ..io import write_json_atomic
+
+    d = Path(weights_dir or WEIGHTS_DIR)
+    man = load_manifest(d)
+    man.setdefault("defaults", {}).update(defaults)
+    write_json_atomic(d / MANIFEST, man)
+    return man["defaults"]
+
+
 def describe(weights_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Short summary per model (file, sha256, steps, metrics) for reports and the CLI."""
     return {n: {k: e.get(k) for k in ("file", "sha256", "parameters", "metrics")} | {"steps": e.get("training", {}).get("steps")}
