@@ -131,7 +131,7 @@ def bench_challenge(log) -> dict:
     return out
 
 
-def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None = None) -> dict:
+def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None = None, bfr: str | None = None) -> dict:
     """One inference in this process on a synthetic volume of ``shape`` (ellipsoid mask)."""
     import torch
 
@@ -145,21 +145,22 @@ def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None
     inp = QSMInput(field=field, mask=mask, kind="total", voxel_size=(1.0, 1.0, 1.0))
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
-    res = run("nextqsm", inp, device="cpu", weights_dir=weights_dir)
+    res = run("nextqsm", inp, device="cpu", weights_dir=weights_dir, bfr=bfr)
     total = time.perf_counter() - t
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     peak_mb = r1.ru_maxrss / 1024
-    return {"shape": list(shape), "threads": threads, "seconds": round(total, 1), "cpu_seconds": round(cpu, 1),
+    return {"shape": list(shape), "threads": threads, "bfr": res.params.get("bfr"), "seconds": round(total, 1),
+            "cpu_seconds": round(cpu, 1),
             "loadavg_1min": round(os.getloadavg()[0], 1),
             "timings": {k: round(v, 2) for k, v in res.timings.items()}, "peak_rss_mb": round(peak_mb),
             "crop": res.params.get("crop_shape")}
 
 
-def bench_speed(shapes, threads, log, weights_dir=None) -> list:
+def bench_speed(shapes, threads, log, weights_dir=None, bfr=None) -> list:
     rows = []
     for s in shapes:
-        extra = ["--weights-dir", str(weights_dir)] if weights_dir else []
+        extra = (["--weights-dir", str(weights_dir)] if weights_dir else []) + (["--bfr", bfr] if bfr else [])
         p = subprocess.run([sys.executable, __file__, "--speed-one", *map(str, s), "--threads", str(threads), *extra],
                            capture_output=True, text=True)
         try:
@@ -224,14 +225,16 @@ def write_md(res: dict, path: Path, argv: list[str], weights_dir=None) -> None:
         L += ["## Speed and peak memory (CPU, total field -> chi, synthetic ellipsoid mask)", "",
               res.get("speed_note", ""), "",
               "Wall seconds on the shared machine are inflated by the other jobs (load average given); CPU seconds "
-              "(user + system, all threads) / threads approximates the wall time on an idle machine.", "",
-              "| shape | threads | crop | wall s | CPU s | load avg | BFR s | VN s | peak RSS MB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "(user + system, all threads) is the work done: on an idle machine the wall time lies between "
+              "CPU s / threads and CPU s.", "",
+              "| shape | BFR | threads | crop | wall s | CPU s | load avg | BFR s | VN s | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["speed"]:
             if "seconds" in r:
                 t = r["timings"]
-                L.append(f"| {r['shape']} | {r['threads']} | {r['crop']} | {r['seconds']} | {r.get('cpu_seconds')} | "
-                         f"{r.get('loadavg_1min')} | {t.get('bfr')} | {t.get('inversion')} | {r['peak_rss_mb']} |")
+                bs = t.get("bfr", t.get("vsharp"))
+                L.append(f"| {r['shape']} | {r.get('bfr', 'unet')} | {r['threads']} | {r['crop']} | {r['seconds']} | "
+                         f"{r.get('cpu_seconds')} | {r.get('loadavg_1min')} | {bs} | {t.get('inversion')} | {r['peak_rss_mb']} |")
             else:
                 L.append(f"| {r['shape']} | error | {r.get('error', '')[:100]} |")
         L.append("")
@@ -250,10 +253,11 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["nextqsm", "unet-baseline", *CLASSICAL])
     ap.add_argument("--reuse", default=None, help="JSON of an earlier run: keep its results for methods not rerun")
     ap.add_argument("--weights-dir", default=None, help="weights folder (default: the shipped weights)")
+    ap.add_argument("--bfr", default=None, choices=["unet", "vsharp"], help="background removal for the speed runs")
     ap.add_argument("--speed-one", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.speed_one:
-        print(json.dumps(speed_one(tuple(args.speed_one), args.threads, args.weights_dir)))
+        print(json.dumps(speed_one(tuple(args.speed_one), args.threads, args.weights_dir, args.bfr)))
         return 0
     import torch
 
@@ -271,7 +275,7 @@ def main(argv=None) -> int:
         res["challenge"] = bench_challenge(log)
     if "speed" in args.only:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-        res["speed"] = bench_speed(shapes, args.threads, log, args.weights_dir)
+        res["speed"] = bench_speed(shapes, args.threads, log, args.weights_dir, args.bfr)
     elif reuse.get("speed"):
         res["speed"] = reuse["speed"]
         res["speed_note"] = f"speed rows reused from {args.reuse}"
