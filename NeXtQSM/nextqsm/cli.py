@@ -126,12 +126,9 @@ def methods_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_subparsers() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nextqsm", description=CONVENTIONS)
-    sub = p.add_subparsers(dest="command", required=True)
-    mp = sub.add_parser("methods", help="list the QSM methods and whether they are available")
-    mp.set_defaults(func=methods_command)
-    for mod in SUBCOMMAND_MODULES:
+def register_subcommands(sub: argparse._SubParsersAction, modules: tuple[str, ...]) -> None:
+    """Let each module in ``modules`` add its subcommand via ``register(sub)``; absent modules are skipped."""
+    for mod in modules:
         try:
             m = importlib.import_module(mod)
         except ImportError as exc:
@@ -139,6 +136,14 @@ def build_subparsers() -> argparse.ArgumentParser:
                 raise
             continue
         m.register(sub)
+
+
+def build_subparsers() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nextqsm", description=CONVENTIONS)
+    sub = p.add_subparsers(dest="command", required=True)
+    mp = sub.add_parser("methods", help="list the QSM methods and whether they are available")
+    mp.set_defaults(func=methods_command)
+    register_subcommands(sub, SUBCOMMAND_MODULES)
     return p
 
 

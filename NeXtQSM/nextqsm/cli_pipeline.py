@@ -22,17 +22,10 @@ DEFAULT_METHOD = "tgv"
 
 
 def _param(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    k, v = text.split("=", 1)
-    for cast in (int, float):
-        try:
-            return k, cast(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return k, v.lower() == "true"
-    return k, v
+    """KEY=VALUE method parameter (shared with the main CLI)."""
+    from .cli import _parse_param
+
+    return _parse_param(text)
 
 
 def add_processing_args(p: argparse.ArgumentParser) -> None:

@@ -71,7 +71,7 @@ class MethodInfo:
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in [
     MethodInfo("nextqsm", "nextqsm.models.inference:run_nextqsm",
-               "NeXtQSM: U-Net background removal + variational-network inversion (trained weights)", True),
+               "NeXtQSM: background removal (U-Net; V-SHARP while the shipped manifest says so) + variational-network inversion", True),
     MethodInfo("tgv", "nextqsm.methods.tgv:run_tgv",
                "TGV-QSM single-step (Langkammer 2015): background removal and inversion in one optimisation", True),
     MethodInfo("vsharp-ilsqr", "nextqsm.methods.pipelines:run_vsharp_ilsqr",

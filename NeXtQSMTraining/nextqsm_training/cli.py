@@ -6,8 +6,9 @@ parser and sets ``func`` (called with the parsed args, returns an exit code).
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from nextqsm.cli import register_subcommands
 
 SUBCOMMAND_MODULES = ("nextqsm_training.generate_cli", "nextqsm_training.train_cli")
 
@@ -15,14 +16,7 @@ SUBCOMMAND_MODULES = ("nextqsm_training.generate_cli", "nextqsm_training.train_c
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nextqsm-train", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for mod in SUBCOMMAND_MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError as exc:
-            if exc.name != mod:
-                raise
-            continue
-        m.register(sub)
+    register_subcommands(sub, SUBCOMMAND_MODULES)
     return p
 
 
