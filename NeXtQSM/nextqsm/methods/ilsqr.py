@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..dipole import dipole_kernel
-from .l2 import make_grid, resolve_device
+from .l2 import data_weights, make_grid, resolve_device
 from .tv import _grad, _grad_adj
 
 Vec3 = Sequence[float]
@@ -144,10 +144,7 @@ def ilsqr(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.
     grid = make_grid(m, pad)
     shape = grid.shape
     half = shape[2] // 2 + 1
-    w_np = m.astype(np.float32)
-    if magnitude is not None:
-        mag = np.asarray(magnitude, dtype=np.float32)
-        w_np = w_np * np.clip(mag / max(float(np.percentile(mag[m], 99)), 1e-12), 0, 1)
+    w_np = data_weights(m, magnitude)
     report = callback or (lambda frac, stage: None)
     with torch.no_grad():
         f = torch.from_numpy(grid.to_grid(np.where(m, local_field, 0))).to(dev)

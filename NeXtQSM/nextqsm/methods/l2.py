@@ -87,6 +87,18 @@ def grad_kernel_sq(shape: Sequence[int], voxel_size: Vec3, dtype=np.float32) -> 
     return out.astype(dtype)
 
 
+def data_weights(mask: np.ndarray, magnitude: np.ndarray | None = None) -> np.ndarray:
+    """Data-term weights (float32): the mask, times the magnitude normalised by its 99th percentile
+    inside the mask and clipped to [0, 1] when a magnitude is given."""
+    m = np.asarray(mask) > 0
+    w = m.astype(np.float32)
+    if magnitude is not None:
+        mag = np.asarray(magnitude, dtype=np.float32)
+        scale = float(np.percentile(mag[m], 99)) if m.any() else 1.0
+        w = w * np.clip(mag / max(scale, 1e-12), 0, 1)
+    return w
+
+
 def resolve_device(device: str | None = "auto") -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cpu'/'cuda'/'cuda:N' pass through."""
     import torch

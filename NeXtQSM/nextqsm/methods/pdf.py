@@ -18,7 +18,7 @@ import numpy as np
 
 from ..dipole import dipole_kernel
 from .ilsqr import lsqr_torch
-from .l2 import make_grid, resolve_device
+from .l2 import data_weights, make_grid, resolve_device
 
 Vec3 = Sequence[float]
 
@@ -52,10 +52,7 @@ def pdf(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0,
     grid = make_grid(m, pad, margin=0)
     shape = grid.shape
     half = shape[2] // 2 + 1
-    w_np = m.astype(np.float32)
-    if magnitude is not None:
-        mag = np.asarray(magnitude, dtype=np.float32)
-        w_np = w_np * np.clip(mag / max(float(np.percentile(mag[m], 99)), 1e-12), 0, 1)
+    w_np = data_weights(m, magnitude)
     with torch.no_grad():
         f = torch.from_numpy(grid.to_grid(np.where(m, total_field, 0))).to(dev)
         W = torch.from_numpy(grid.to_grid(w_np)).to(dev)

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..dipole import dipole_kernel
-from .l2 import grad_kernel_sq, make_grid, resolve_device
+from .l2 import data_weights, grad_kernel_sq, make_grid, resolve_device
 
 Vec3 = Sequence[float]
 
@@ -109,11 +109,7 @@ def tv_admm(local_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 
     grid = make_grid(m, pad)
     shape = grid.shape
     half = shape[2] // 2 + 1
-    w_np = m.astype(np.float32)
-    if magnitude is not None:
-        mag = np.asarray(magnitude, dtype=np.float32)
-        scale = float(np.percentile(mag[m], 99)) if m.any() else 1.0
-        w_np = w_np * np.clip(mag / max(scale, 1e-12), 0, 1)
+    w_np = data_weights(m, magnitude)
     with torch.no_grad():
         f = torch.from_numpy(grid.to_grid(np.where(m, local_field, 0))).to(dev)
         W2 = torch.from_numpy(grid.to_grid(w_np) ** 2).to(dev)
