@@ -14,18 +14,9 @@ from nextqsm.dipole import forward_field
 from nextqsm.methods.pdf import pdf
 from nextqsm.methods.vsharp import default_radii, smv_kernel, vsharp
 
-OBLIQUE = (float(np.sin(np.deg2rad(25))), 0.0, float(np.cos(np.deg2rad(25))))
+from conftest import OBLIQUE_25 as OBLIQUE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a shared 2-core runner OpenMP spin-waiting makes 2 threads ~10x costlier in CPU time."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def phantom(n=48, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0, 0, 1), seed=0, spread=0.45):

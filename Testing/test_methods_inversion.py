@@ -12,18 +12,9 @@ from nextqsm.methods.l2 import l2_inversion, make_grid
 from nextqsm.methods.tkd import tkd
 from nextqsm.methods.tv import _grad, _grad_adj, tv_admm
 
-OBLIQUE = (float(np.sin(np.deg2rad(25))), 0.0, float(np.cos(np.deg2rad(25))))
+from conftest import OBLIQUE_25 as OBLIQUE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a shared 2-core runner OpenMP spin-waiting makes 2 threads ~10x costlier in CPU time."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def phantom(n=40, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0, 0, 1), seed=0):
