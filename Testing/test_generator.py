@@ -94,6 +94,15 @@ def test_external_sources_never_touch_the_brain(pair):
     assert (vals > 5).float().mean() > 0.6          # mostly air-like (~9.2 ppm)
 
 
+def test_external_sources_when_almost_everything_is_keep_out():
+    """A fine-voxel patch inside the brain leaves (almost) no room: no sources, no crash."""
+    keep = torch.ones((32, 32, 32), dtype=torch.bool)
+    keep[0, 0, 0] = False                           # one free voxel: random centres miss it
+    ext = torch.full((32, 32, 32), float("nan"))
+    n = external.random_ellipsoids(ext, keep, (1.0, 1.0, 1.0), np.random.default_rng(0), n=80)
+    assert n == 0 and torch.isnan(ext).all()
+
+
 def test_total_is_local_plus_harmonic_background(pair):
     m = pair["mask"].astype(bool)
     bg = pair["total_field"] - pair["local_field"]

@@ -68,6 +68,8 @@ def random_ellipsoids(chi_ext: torch.Tensor, keep_out: torch.Tensor, voxel_size:
         if len(centres) == n:
             break
     n = len(centres)
+    if n == 0:   # (almost) the whole FOV is keep-out, e.g. a patch inside the brain: nothing to place
+        return 0
     vol = brain_volume_vox * np.exp(rng.uniform(np.log(volume_fraction[0]), np.log(volume_fraction[1]), n))
     aspect = np.exp(rng.uniform(-0.55, 0.55, (n, 3)))
     radii = ((3 * vol / (4 * np.pi)) ** (1 / 3))[:, None] * aspect / np.prod(aspect, 1, keepdims=True) ** (1 / 3)
