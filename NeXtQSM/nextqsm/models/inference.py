@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import QSMInputError
+from ..methods.pipelines import _check_unused
 from ..pipeline import QSMInput, QSMResult, report
 from ..validation import check_finite
 
@@ -157,7 +158,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
 
 def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                 pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
-                max_voxels: int = 24_000_000, bfr: Optional[str] = None, **_ignored) -> QSMResult:
+                max_voxels: int = 24_000_000, bfr: Optional[str] = None, **unknown) -> QSMResult:
     """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
 
     Args:
@@ -173,14 +174,16 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
             else 'unet'. Only used for ``inp.kind == 'total'``.
     Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
     """
+    _check_unused(unknown, "nextqsm")
     return _run(inp, ("nextqsm-bfr", "nextqsm-vn"), progress, weights_dir, device, margin, pad, tile, overlap,
                 max_voxels, "nextqsm", bfr)
 
 
 def run_unet_baseline(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                       tile: Optional[int] = None, overlap: int = 16, max_voxels: int = 24_000_000,
-                      **_ignored) -> QSMResult:
+                      **unknown) -> QSMResult:
     """Model-agnostic baseline (SHARQnet + DeepQSM style): U-Net background removal then a U-Net
     inversion, no data consistency. Same inputs/outputs as :func:`run_nextqsm`; assumes B0 along k."""
+    _check_unused(unknown, "unet-baseline")
     return _run(inp, ("baseline-bfr", "baseline-inv"), progress, weights_dir, device, margin, None, tile, overlap,
                 max_voxels, "unet-baseline")
