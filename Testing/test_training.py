@@ -117,3 +117,28 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     st = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert st["step"] == 2 and st["config"]["train"]["phase1_steps"] == 1
+
+
+def test_vn_fine_tuning_on_vsharp_inputs(tmp_path):
+    """data.vn_input='vsharp': the VN trains on V-SHARP's local field and eroded mask (what it gets in
+    the bfr=vsharp pipeline), starting from another run's weights, with the background U-Net frozen."""
+    from nextqsm_training.train import make_dataset
+
+    fit(tiny_config(tmp_path / "a"), max_steps=2)
+    cfg = tiny_config(tmp_path / "b", phase1_steps=3, phase2_steps=0, train_bfr=False, train_baseline=False,
+                      init_from=str(tmp_path / "a" / "last.pt"))
+    cfg.data.vn_input, cfg.data.size, cfg.data.kwargs = "vsharp", 24, {"voxel_size": [4.0, 4.0, 4.0]}
+    it = make_dataset(cfg.data, "train")[0]
+    m, mv = it["mask"] > 0, it["vn_mask"] > 0
+    assert mv.sum() > 500 and (mv <= m).all() and mv.sum() < m.sum()      # V-SHARP's eroded mask
+    assert (it["vn_field"][~mv] == 0).all() and not torch.allclose(it["vn_field"], it["local_field"] * mv)
+    a = augment(it, (0, 5))
+    assert (a["vn_mask"] <= a["mask"]).all() and a["vn_field"].shape == a["chi"].shape
+    fit(cfg)
+    init, out = _params(tmp_path / "a" / "last.pt"), _params(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(init[k], out[k]) for k in init if k.startswith("bfr."))          # frozen
+    assert any(not torch.equal(init[k], out[k]) for k in init if k.startswith("vn."))      # trained
+    assert not any(k.startswith("base_inv.") for k in out)
+    cfg.data.vn_input = "total"
+    with pytest.raises(QSMInputError, match="vn_input"):
+        make_dataset(cfg.data, "train")

@@ -39,7 +39,10 @@ class DataConfig:
     ``n_train`` distinct training volumes (the step index walks through them deterministically,
     with exact flip/permutation augmentation); ``n_val`` held-out volumes from ``val_seed``.
     ``kwargs`` go to the dataset constructor. ``cache_dir``: where generated volumes are kept
-    (``None`` = in memory only).
+    (``None`` = in memory only). ``vn_input``: what the VN is trained on in phase 1: ``'local'``
+    (the true local field, the paper's choice) or ``'vsharp'`` (V-SHARP of the total field on its
+    eroded mask: what the VN receives in the ``bfr=vsharp`` pipeline, errors of the background
+    removal included).
     """
 
     source: str = "hybrid"
@@ -52,6 +55,7 @@ class DataConfig:
     kwargs: dict = field(default_factory=dict)
     val_kwargs: dict = field(default_factory=dict)
     cache_dir: str | None = None
+    vn_input: str = "local"
 
 
 @dataclass
@@ -79,6 +83,8 @@ class TrainConfig:
     train_baseline: bool = True
     demean_loss: bool = True
     device: str = "auto"
+    train_bfr: bool = True      # False: the background U-Net stays as initialised (VN-only fine-tuning)
+    init_from: str | None = None  # checkpoint whose model weights start a fresh run (ignored on --resume)
 
 
 @dataclass

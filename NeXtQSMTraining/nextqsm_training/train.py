@@ -41,6 +41,12 @@ from nextqsm.models.vn import ScaledUNet, VariationalNetwork
 from .config import Config, save_config
 
 KEYS = ("chi", "local_field", "total_field", "mask")
+VN_KEYS = ("vn_field", "vn_mask")
+"""Optional: the VN's phase-1 input and mask when ``data.vn_input != 'local'``."""
+
+
+def _vol_keys(item: dict) -> tuple[str, ...]:
+    return KEYS + tuple(k for k in VN_KEYS if k in item)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -105,6 +111,31 @@ class MakePairDataset:
         return {**{k: t(d[k])[None] for k in KEYS}, "voxel_size": t(d["voxel_size"]), "b0_dir": t(d["b0_dir"])}
 
 
+class VSharpInputs:
+    """Adds ``vn_field`` / ``vn_mask``: V-SHARP (``nextqsm.methods.vsharp``, default radii) of each
+    item's total field and its eroded mask, i.e. what the VN gets in the ``bfr=vsharp`` pipeline."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        from nextqsm.methods.vsharp import vsharp
+
+        item = dict(self.ds[i])
+        vs = tuple(float(v) for v in np.asarray(item["voxel_size"]).ravel())
+        tf = np.asarray(item["total_field"])[0]
+        m = np.asarray(item["mask"])[0] > 0
+        lf, m2 = vsharp(tf, m, vs)
+        if m2.sum() < 64:   # V-SHARP ate the mask (tiny patch): fall back to the true local field
+            lf, m2 = np.asarray(item["local_field"])[0], m
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
+        item["vn_field"], item["vn_mask"] = t(lf * m2), t(m2)
+        return item
+
+
 class CachedDataset:
     """Keeps generated items in memory and (optionally) as ``.pt`` files in ``cache_dir``."""
 
@@ -126,7 +157,7 @@ class CachedDataset:
         else:
             item = self.ds[i]
             item = {k: (v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v), dtype=torch.float32))
-                    for k, v in item.items() if k in KEYS + ("voxel_size", "b0_dir")}
+                    for k, v in item.items() if k in KEYS + VN_KEYS + ("voxel_size", "b0_dir")}
             if p is not None:
                 tmp = p.with_suffix(".tmp")
                 torch.save(item, tmp)
@@ -156,7 +187,14 @@ def make_dataset(data_cfg, split: str = "train"):
 
         raise QSMInputError("config.data.source", f"unknown source {data_cfg.source!r}",
                             "use 'hybrid', 'make_pair' or 'toy'")
-    return CachedDataset(ds, data_cfg.cache_dir, f"{split}_{data_cfg.source}_{data_cfg.size}_{seed}")
+    tag = f"{split}_{data_cfg.source}_{data_cfg.size}_{seed}"
+    if data_cfg.vn_input == "vsharp":
+        ds, tag = VSharpInputs(ds), tag + "_vsharp"
+    elif data_cfg.vn_input != "local":
+        from nextqsm.errors import QSMInputError
+
+        raise QSMInputError("config.data.vn_input", f"unknown value {data_cfg.vn_input!r}", "use 'local' or 'vsharp'")
+    return CachedDataset(ds, data_cfg.cache_dir, tag)
 
 
 def augment(item: dict, seed: tuple) -> dict:
@@ -165,7 +203,7 @@ def augment(item: dict, seed: tuple) -> dict:
     rng = np.random.default_rng(list(seed))
     b = item["b0_dir"].clone()
     vs = item["voxel_size"].clone()
-    out = {k: item[k] for k in KEYS}
+    out = {k: item[k] for k in _vol_keys(item)}
     flips = [ax for ax in range(3) if rng.random() < 0.5]
     if flips:
         out = {k: torch.flip(v, dims=[a + 1 for a in flips]) for k, v in out.items()}
@@ -186,7 +224,7 @@ def get_batch(ds, step: int, rank: int, world: int, batch: int, seed: int, aug: 
         g = (step * world + rank) * batch + slot
         it = ds[g % len(ds)]
         items.append(augment(it, (seed, g)) if aug else it)
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in KEYS + ("voxel_size", "b0_dir")}
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in _vol_keys(items[0]) + ("voxel_size", "b0_dir")}
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -202,8 +240,9 @@ def l1(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, demean: bool = True) -
 class Bundle(nn.Module):
     """All trained networks: ``bfr`` and ``vn`` (NeXtQSM) and ``base_inv`` (baseline inversion)."""
 
-    def __init__(self, model_cfg, checkpointing: bool = False, baseline: bool = True):
+    def __init__(self, model_cfg, checkpointing: bool = False, baseline: bool = True, train_bfr: bool = True):
         super().__init__()
+        self.train_bfr = train_bfr
         self.bfr = ScaledUNet(model_cfg.bfr, checkpointing)
         self.vn = VariationalNetwork(**model_cfg.vn, checkpointing=checkpointing)
         self.base_inv = ScaledUNet(model_cfg.baseline_inv, checkpointing) if baseline else None
@@ -211,13 +250,18 @@ class Bundle(nn.Module):
     def forward(self, b: dict, phase: int, demean: bool = True) -> dict:
         m = b["mask"]
         out = {}
-        lf_hat = self.bfr(b["total_field"], m)
-        out["loss_lf"] = l1(lf_hat, b["local_field"], m, demean)
+        if self.train_bfr or phase == 2:
+            lf_hat = self.bfr(b["total_field"], m)
+            out["loss_lf"] = l1(lf_hat, b["local_field"], m, demean)
+        else:
+            out["loss_lf"] = m.new_zeros(())
         if phase == 1:
-            chi_hat = self.vn(b["local_field"], m, b["voxel_size"], b["b0_dir"])
+            mv = b.get("vn_mask", m)   # the VN's input: true local field, or V-SHARP's (data.vn_input)
+            chi_hat = self.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"])
+            out["loss_chi"] = l1(chi_hat, b["chi"] * mv, mv, demean)
         else:
             chi_hat = self.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
-        out["loss_chi"] = l1(chi_hat, b["chi"], m, demean)
+            out["loss_chi"] = l1(chi_hat, b["chi"], m, demean)
         loss = out["loss_lf"] + out["loss_chi"]
         if self.base_inv is not None:
             out["loss_base"] = l1(self.base_inv(b["local_field"], m), b["chi"], m, demean)
@@ -278,11 +322,13 @@ def validate(bundle: Bundle, base_bfr: Optional[nn.Module], val_ds, device) -> d
         m = b["mask"]
         lf_hat = bundle.bfr(b["total_field"], m)
         chi_hat = bundle.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
-        chi_vn = bundle.vn(b["local_field"], m, b["voxel_size"], b["b0_dir"])
+        mv = b.get("vn_mask", m)
+        chi_vn = bundle.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"])
         np_ = lambda t: t[0, 0].float().cpu().numpy()
         ref, mk = np_(b["chi"]), np_(m) > 0
         r = {"nrmse": score(np_(chi_hat), ref, mk)["nrmse"], "xsim": score(np_(chi_hat), ref, mk)["xsim"],
-             "nrmse_vn": score(np_(chi_vn), ref, mk)["nrmse"],
+             "nrmse_vn": score(np_(chi_vn), ref, np_(mv) > 0)["nrmse"],
+             "xsim_vn": score(np_(chi_vn), ref, np_(mv) > 0)["xsim"],
              "nrmse_lf": score(np_(lf_hat), np_(b["local_field"]), mk)["nrmse"]}
         if bundle.base_inv is not None:
             blf = (base_bfr or bundle.bfr)(b["total_field"], m)
@@ -320,7 +366,7 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
     np.random.seed(tc.seed)
     random.seed(tc.seed)
 
-    bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline).to(device)
+    bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline, tc.train_bfr).to(device)
     base_bfr: Optional[nn.Module] = None
     rho = [bundle.vn.rho]
     rest = [p for n, p in bundle.named_parameters() if n != "vn.rho"]
@@ -339,6 +385,14 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
             base_bfr = ScaledUNet(cfg.model.bfr).to(device)
             base_bfr.load_state_dict(st["base_bfr"])
         set_rng_state(st["rng"])
+    elif tc.init_from:   # fresh run (schedule from step 0) starting from another run's weights
+        init = torch.load(tc.init_from, map_location=device, weights_only=False)
+        missing, _ = bundle.load_state_dict(init["model"], strict=False)
+        if missing:
+            from nextqsm.errors import QSMInputError
+
+            raise QSMInputError("config.train.init_from", f"{tc.init_from} lacks weights {missing[:4]}",
+                                "point it at a checkpoint of the same model config")
     model = bundle
     if world > 1:
         model = nn.parallel.DistributedDataParallel(bundle, device_ids=[local_rank] if use_cuda else None)
@@ -415,7 +469,7 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
                 for k, v in val.items():
                     if k not in ("step",):
                         writer.add_scalar(f"val/{k}", v, step)
-            key = "nrmse" if phase == 2 else "nrmse_vn"  # phase 1: the VN on the true local field
+            key = "nrmse" if phase == 2 else "nrmse_vn"  # phase 1: the VN alone (on data.vn_input)
             if not best or phase > best.get("phase", 0) or val[key] < best.get(key, math.inf):
                 best = dict(val)
                 save_atomic({"step": step, "model": bundle.state_dict(), "config": cfg.to_dict(), "metrics": val,
