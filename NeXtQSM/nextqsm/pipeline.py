@@ -78,6 +78,7 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in [
                "V-SHARP + iLSQR-style inversion (the STI Suite reference)"),
     MethodInfo("vsharp-tv", "nextqsm.methods.pipelines:run_vsharp_tv", "V-SHARP + TV (ADMM)"),
     MethodInfo("pdf-tv", "nextqsm.methods.pipelines:run_pdf_tv", "PDF + TV (ADMM)"),
+    MethodInfo("lbv-tv", "nextqsm.methods.pipelines:run_lbv_tv", "LBV (Laplacian boundary value) + TV (ADMM)"),
     MethodInfo("vsharp-l2", "nextqsm.methods.pipelines:run_vsharp_l2", "V-SHARP + closed-form L2 (gradient regularised)"),
     MethodInfo("tkd", "nextqsm.methods.pipelines:run_tkd", "V-SHARP (for total fields) + TKD, threshold 0.19"),
     MethodInfo("unet-baseline", "nextqsm.models.inference:run_unet_baseline",

@@ -69,23 +69,33 @@ def _bfr(inp: QSMInput, method: str, params: dict, progress: ProgressFn, used: d
          span: float) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Background removal stage; returns (local field, mask used, local field or None if not computed)."""
     if inp.kind == "local":
-        _take(params, "vsharp"), _take(params, "pdf")
+        _take(params, "vsharp"), _take(params, "pdf"), _take(params, "lbv")
         return inp.field, inp.mask, None
     t0 = time.perf_counter()
     if method == "vsharp":
         from .vsharp import vsharp
 
         kw, clean = _checked(vsharp, _take(params, "vsharp"), "vsharp")
-        _take(params, "pdf")
+        _take(params, "pdf"), _take(params, "lbv")
         report(progress, 0.0, "V-SHARP background removal")
         local, mask = vsharp(inp.field, inp.mask, inp.voxel_size, **kw)
         used.update(clean)
         timings["vsharp"] = time.perf_counter() - t0
+    elif method == "lbv":
+        from .lbv import lbv
+
+        kw, clean = _checked(lbv, _take(params, "lbv"), "lbv")
+        _take(params, "vsharp"), _take(params, "pdf")
+        report(progress, 0.0, "LBV background removal")
+        local, mask = lbv(inp.field, inp.mask, inp.voxel_size,
+                          callback=lambda i, n: report(progress, span * i / n, "LBV background removal"), **kw)
+        used.update(clean)
+        timings["lbv"] = time.perf_counter() - t0
     else:
         from .pdf import pdf
 
         kw, clean = _checked(pdf, _take(params, "pdf"), "pdf")
-        _take(params, "vsharp")
+        _take(params, "vsharp"), _take(params, "lbv")
         report(progress, 0.0, "PDF background removal")
         local = pdf(inp.field, inp.mask, inp.voxel_size, inp.b0_dir, magnitude=inp.magnitude,
                     device=inp.device, callback=lambda i, n: report(progress, span * i / n, "PDF background removal"),
@@ -166,6 +176,13 @@ def run_pdf_tv(inp: QSMInput, progress: ProgressFn = None, **params) -> QSMResul
     params, used, timings = dict(params), {}, {}
     local, mask, lf = _bfr(inp, "pdf", params, progress, used, timings, 0.4)
     return _tv_stage("pdf-tv", inp, local, mask, lf, params, progress, used, timings, 0.4)
+
+
+def run_lbv_tv(inp: QSMInput, progress: ProgressFn = None, **params) -> QSMResult:
+    """LBV (Laplacian boundary value) then TV-ADMM (``lbv_tol``, ``lbv_maxiter``, ``lbv_peel``, ``tv_*``)."""
+    params, used, timings = dict(params), {}, {}
+    local, mask, lf = _bfr(inp, "lbv", params, progress, used, timings, 0.25)
+    return _tv_stage("lbv-tv", inp, local, mask, lf, params, progress, used, timings, 0.25)
 
 
 def run_vsharp_ilsqr(inp: QSMInput, progress: ProgressFn = None, **params) -> QSMResult:
