@@ -44,7 +44,7 @@ Differences from the reference (same model, more exact operator, faster path):
 Accuracy and time (``benchmarks/results_tgv_phase.md``, ``benchmarks/results_classical.md``): on a
 48^3 sharp-edged phantom (300 iterations per level) the k-space operator gives 11.7 % axial,
 13.8 % at 25 degrees and 15.3 % with 1 x 1 x 2 mm voxels (the stencil: 17.1 %, 49.8 %, 19.4 %);
-with the defaults (300 + 100) 17.5 %, 18.7 %, 17.2 %.
+with the defaults (250 + 100) 18.4 %, 20.7 %, 18.7 %.
 Defaults: ``DEFAULT_ITERATIONS`` per level (``iterations``, ``coarse_iterations``). The reference runs 1000+ iterations.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ DEFAULT_COARSE_ITERATIONS = 100
 cores, k-space wave): 300 + 100 -> 39.1 % in 112 s; 250 + 100 -> 42.1 % in 100 s; 300 + 300 ->
 39.9 % in 141 s; 250 + 250 -> 41.8 %; 200 + 400 -> 48.5 %; 200 + 200 -> 44.9 %; 100 + 100 -> 57.5 %
 (V-SHARP + TKD 55.4 %, V-SHARP + iLSQR 52.1 %). 250 + 100 keeps the 2016-challenge grid (mask_bet,
-160^3) within 120 s on 2 cores: 117 s including the one-off torch.compile, 101 s without."""
+160^3) within 120 s on 2 cores (108 s in benchmarks/results_classical.md)."""
 DEFAULT_CONSTRAINT_SCALE = 0.3
 DEFAULT_RATIO = 100.0
 """Primal/dual step ratio and constraint scaling (tuned on simulated heads: ~4x fewer iterations
@@ -111,59 +111,18 @@ def _lap_kernel(voxel_size: Vec3) -> np.ndarray:
     return lap
 
 
-FIT_POWER = 1.0
-"""Weight 1/|L7(k)|^p of the stencil fit (relative error in chi space; p = 1 measured best)."""
-
-
-def fitted_wave_kernel(voxel_size: Vec3, b0_dir: Vec3, n: int = 24) -> np.ndarray:
-    """27-point symmetric stencil W whose symbol best matches L7(k) * D(k) (least squares over k-space).
-
-    L7 is the 7-point Laplacian used on the data and D(k) = 1/3 - (k.b)^2/|k|^2 the dipole kernel,
-    so ``W chi`` is consistent with ``Laplacian(d * chi)`` at all frequencies, for any B0 direction
-    (the idea of the "oblique stencil" of QuantitativeSusceptibilityMappingTGV.jl, fitted here in
-    k-space). W(0) = 0 and W is point-symmetric (self-adjoint).
-    """
-    h = np.asarray(voxel_size, dtype=np.float64)
-    b = np.asarray(b0_dir, dtype=np.float64)
-    b = b / np.linalg.norm(b)
-    k1 = np.fft.fftfreq(n)  # cycles/voxel
-    kx, ky, kz = np.meshgrid(k1, k1, k1, indexing="ij")
-    kv = np.stack([kx.ravel(), ky.ravel(), kz.ravel()], 1)[1:]  # drop k = 0
-    kp = kv / h  # cycles/mm
-    l7 = -np.sum(4 * np.sin(np.pi * kv) ** 2 / h ** 2, axis=1)
-    d = 1.0 / 3.0 - (kp @ b) ** 2 / np.sum(kp ** 2, axis=1)
-    target = l7 * d
-    offs = [o for o in np.ndindex(3, 3, 3)]
-    offs = [tuple(np.array(o) - 1) for o in offs]
-    pairs = [o for o in offs if o > (0, 0, 0)]  # one of each +-o pair (13)
-    cols = np.stack([2 * (np.cos(2 * np.pi * kv @ np.array(o)) - 1) for o in pairs], 1)
-    rw = 1.0 / np.abs(l7) ** FIT_POWER  # relative error (chi-space) weighting
-    wts, *_ = np.linalg.lstsq(cols * rw[:, None], target * rw, rcond=None)
-    ker = np.zeros((3, 3, 3))
-    for o, w in zip(pairs, wts):
-        ker[tuple(np.array(o) + 1)] += w
-        ker[tuple(-np.array(o) + 1)] += w
-    ker[1, 1, 1] = -ker.sum()
-    return ker
-
-
-def stencil_kernels(voxel_size: Vec3, b0_dir: Vec3, fitted: bool = False) -> np.ndarray:
+def stencil_kernels(voxel_size: Vec3, b0_dir: Vec3) -> np.ndarray:
     """3x3x3 kernels (2, 3, 3, 3): [Laplacian, wave] for voxel size (mm) and unit B0 direction.
 
-    ``fitted=False`` (default): wave = Laplacian/3 - sum_ab b_a b_b d_a d_b with second differences
-    on the axes and 4-point central stencils for the mixed terms (the reference's stencil for axial
-    B0; accurate for smooth fields at any B0 direction: ~1-2 % on a smooth blob).
-    ``fitted=True``: :func:`fitted_wave_kernel` (experimental; better at the grid scale, worse on
-    smooth fields). Neither makes oblique B0 as accurate as axial on sharp-edged phantoms (see the
-    module notes).
+    wave = Laplacian/3 - sum_ab b_a b_b d_a d_b with second differences on the axes and 4-point
+    central stencils for the mixed terms (the reference's stencil; accurate for smooth chi at any B0
+    direction, ~1-2 % on a smooth blob, but not at the grid scale: see :func:`wave_symbol`).
     Both kernels are point-symmetric, so convolution with zero padding is self-adjoint. Units 1/mm^2.
     """
     h = np.asarray(voxel_size, dtype=np.float64)
     b = np.asarray(b0_dir, dtype=np.float64)
     b = b / np.linalg.norm(b)
     lap = _lap_kernel(h)
-    if fitted:
-        return np.stack([lap, fitted_wave_kernel(h, b)]).astype(np.float32)
     dd = np.zeros((3, 3, 3, 3, 3))  # dd[a, b] = kernel of d_a d_b
     for a in range(3):
         k = np.zeros((3, 3, 3))
