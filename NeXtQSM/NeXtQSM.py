@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 MIN_TORCH_VERSION = (2, 2)
 METHOD_PARAMETERS = {  # method name -> parameter node field (check box)
     "nextqsm": "useNeXtQSM", "tgv": "useTGV", "vsharp-ilsqr": "useVSharpILSQR", "vsharp-tv": "useVSharpTV",
-    "pdf-tv": "usePDFTV", "vsharp-l2": "useVSharpL2", "tkd": "useTKD",
+    "pdf-tv": "usePDFTV", "lbv-tv": "useLBVTV", "vsharp-l2": "useVSharpL2", "tkd": "useTKD",
 }
 
 
@@ -75,6 +75,7 @@ class NeXtQSMParameterNode:
     useVSharpILSQR: bool = False
     useVSharpTV: bool = False
     usePDFTV: bool = False
+    useLBVTV: bool = False
     useVSharpL2: bool = False
     useTKD: bool = False
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"

@@ -26,7 +26,7 @@ from .errors import QSMInputError
 from .jobs import SUCCEEDED, Job
 
 METHOD_LABELS = {"nextqsm": "NeXtQSM", "tgv": "TGV", "vsharp-ilsqr": "VSHARP-iLSQR", "vsharp-tv": "VSHARP-TV",
-                 "pdf-tv": "PDF-TV", "vsharp-l2": "VSHARP-L2", "tkd": "TKD", "unet-baseline": "UNet-baseline"}
+                 "pdf-tv": "PDF-TV", "lbv-tv": "LBV-TV", "vsharp-l2": "VSHARP-L2", "tkd": "TKD", "unet-baseline": "UNet-baseline"}
 """Method name -> the label used in node names, tables and views."""
 
 PHASE_UNITS = {"wrapped_rad": "wrapped phase [rad]", "unwrapped_rad": "unwrapped phase [rad]",
