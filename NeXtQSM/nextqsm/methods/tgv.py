@@ -156,15 +156,14 @@ def wave_symbol(shape, voxel_size: Vec3, b0_dir: Vec3, scale: float = 1.0) -> np
     dipole field vanishes outside its sources, so periodic images do not reach the constraint.
     Units 1/mm^2 (times ``scale``).
     """
-    from ..dipole import dipole_kernel
+    from ..dipole import dipole_kernel, kspace_grid
 
     shape = tuple(int(n) for n in shape)
     h = np.asarray(voxel_size, dtype=np.float64)
-    d = dipole_kernel(shape, h, b0_dir, dtype=np.float64)[:, :, : shape[2] // 2 + 1]
-    l7 = np.zeros(d.shape)
-    for a in range(3):
-        k = np.fft.fftfreq(shape[a]) if a < 2 else np.fft.rfftfreq(shape[2])
-        l7 = l7 - (4 * np.sin(np.pi * k) ** 2 / h[a] ** 2).reshape([-1 if i == a else 1 for i in range(3)])
+    half = (slice(None), slice(None), slice(0, shape[2] // 2 + 1))
+    d = dipole_kernel(shape, h, b0_dir, dtype=np.float64)[half]
+    # 7-point Laplacian symbol: -sum_a 4 sin^2(pi k_a h_a) / h_a^2, k in cycles/mm
+    l7 = -sum(4 * np.sin(np.pi * k * ha) ** 2 / ha ** 2 for k, ha in zip(kspace_grid(shape, h), h))[half]
     return (l7 * d * scale).astype(np.float32)
 
 
@@ -211,8 +210,9 @@ class _Ops:
 
             self.symbol = torch.from_numpy(wave_symbol(shape, voxel_size, b0_dir, scale)).to(device)
         # sparse stencil taps: list of ((di, dj, dk), weight) per kernel, centre folded in
+        # (the wave stencil only when it is used)
         self.taps = []
-        for kern in k:
+        for kern in (k if self.symbol is None else k[:1]):
             taps = [((a - 1, b - 1, c - 1), float(kern[a, b, c]))
                     for a in range(3) for b in range(3) for c in range(3)
                     if abs(kern[a, b, c]) > 1e-12 * np.abs(kern).max() and (a, b, c) != (1, 1, 1)]
