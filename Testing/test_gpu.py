@@ -43,7 +43,7 @@ def test_cuda_inference_matches_cpu(weights_dir):
     assert np.abs(g.chi - c.chi).max() <= 1e-3 * max(np.abs(c.chi).max(), 1e-6)
 
 
-def test_amp_training_step_on_cuda(tmp_path):
+def test_amp_training_step_and_resume_on_cuda(tmp_path):
     from nextqsm_training.config import from_dict
     from nextqsm_training.train import fit
 
@@ -52,7 +52,9 @@ def test_amp_training_step_on_cuda(tmp_path):
                      "data": {"source": "toy", "size": 16, "n_train": 2, "n_val": 1},
                      "train": {"phase1_steps": 1, "phase2_steps": 1, "amp": True, "device": "cuda",
                                "checkpointing": True, "warmup_steps": 1}})
-    res = fit(cfg)
+    res = fit(cfg, max_steps=1)
+    assert res["step"] == 1 and np.isfinite(res["last"]["loss"])
+    res = fit(cfg, resume=True)      # exact resume on CUDA (RNG states are CPU tensors in the checkpoint)
     assert res["step"] == 2 and np.isfinite(res["last"]["loss"])
 
 

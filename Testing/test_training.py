@@ -78,6 +78,36 @@ def test_resume_is_exact(tmp_path):
     assert (tmp_path / "a" / "val.csv").exists() and any((tmp_path / "a" / "tb").iterdir())
 
 
+def test_worker_prefetch_gives_the_same_batches_and_weights(tmp_path):
+    """train.workers > 0 (DataLoader processes) feeds exactly the in-loop batches: same weights."""
+    from nextqsm_training.train import batches, make_dataset
+
+    cfg = tiny_config(tmp_path / "x", workers=2)
+    ds = make_dataset(cfg.data, "train")
+    seq = list(batches(ds, 1, 4, 0, 1, cfg.train, 0, True, torch.device("cpu")))
+    cfg0 = tiny_config(tmp_path / "y")
+    ref = list(batches(make_dataset(cfg0.data, "train"), 1, 4, 0, 1, cfg0.train, 0, True, torch.device("cpu")))
+    assert len(seq) == len(ref) == 3
+    for a, b in zip(seq, ref):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fit(tiny_config(tmp_path / "a"), max_steps=3)
+    fit(tiny_config(tmp_path / "b", workers=2), max_steps=3)
+    pa, pb = _params(tmp_path / "a" / "last.pt"), _params(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_wall_time_limit_checkpoints_and_resume_finishes(tmp_path):
+    """train.max_minutes stops the chunk (validated, checkpointed); --resume completes the run."""
+    cfg = tiny_config(tmp_path / "r", max_minutes=1e-9)
+    res = fit(cfg)
+    assert res["step"] == 0
+    st = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert st["step"] == 0
+    assert len((tmp_path / "r" / "val.csv").read_text().splitlines()) == 2
+    res = fit(tiny_config(tmp_path / "r"), resume=True)
+    assert res["step"] == 4
+
+
 def test_export_and_inference_with_exported_weights(tmp_path):
     from nextqsm.models.weights import load_manifest
     from nextqsm.pipeline import QSMInput, run
@@ -92,6 +122,35 @@ def test_export_and_inference_with_exported_weights(tmp_path):
     inp = QSMInput(field=item["total_field"][0].numpy(), mask=item["mask"][0].numpy() > 0, kind="total")
     res = run("nextqsm", inp, weights_dir=tmp_path / "w", device="cpu")
     assert np.isfinite(res.chi).all() and res.local_field is not None
+    assert man["models"]["baseline-bfr"]["file"] == "baseline-bfr.safetensors"   # phase 2: its own network
+
+
+def test_init_from_a_weights_folder(tmp_path):
+    """train.init_from accepts an exported weights folder (e.g. the shipped one); wrong shapes -> clear error."""
+    from nextqsm_training.train import Bundle, init_weights
+
+    from nextqsm.models.weights import load_manifest
+    from nextqsm.pipeline import QSMInput, run
+
+    fit(tiny_config(tmp_path / "r"), max_steps=2)      # phase 1 only
+    export_checkpoint(tmp_path / "r" / "last.pt", tmp_path / "w")
+    # a phase-1 checkpoint: the baseline's background U-Net is the same network -> one shared file
+    man = load_manifest(tmp_path / "w")
+    assert man["models"]["baseline-bfr"]["file"] == "nextqsm-bfr.safetensors"
+    assert man["models"]["baseline-bfr"]["alias_of"] == "nextqsm-bfr"
+    assert sorted(p.name for p in (tmp_path / "w").glob("*.safetensors")) == [
+        "baseline-inv.safetensors", "nextqsm-bfr.safetensors", "nextqsm-vn.safetensors"]
+    item = ToyDataset(1, 12, seed=9)[0]
+    inp = QSMInput(field=item["total_field"][0].numpy(), mask=item["mask"][0].numpy() > 0, kind="total")
+    assert np.isfinite(run("unet-baseline", inp, weights_dir=tmp_path / "w", device="cpu").chi).all()
+    cfg = tiny_config(tmp_path / "x")
+    b = Bundle(cfg.model)
+    init_weights(b, tmp_path / "w")
+    ref = torch.load(tmp_path / "r" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(v, ref[k]) for k, v in b.state_dict().items())
+    other = from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "bfr": {"base": 3, "depth": 1, "convs": 1}}})
+    with pytest.raises(QSMInputError, match="does not fit the config"):
+        init_weights(Bundle(other.model), tmp_path / "w")
 
 
 def test_cli_fit_and_export(tmp_path):

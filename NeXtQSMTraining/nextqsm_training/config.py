@@ -85,6 +85,8 @@ class TrainConfig:
     device: str = "auto"
     train_bfr: bool = True      # False: the background U-Net stays as initialised (VN-only fine-tuning)
     init_from: str | None = None  # checkpoint whose model weights start a fresh run (ignored on --resume)
+    workers: int = 0            # DataLoader worker processes generating batches ahead (0 = in the loop)
+    max_minutes: float | None = None  # wall-clock limit: validate, checkpoint and stop (resume goes on)
 
 
 @dataclass

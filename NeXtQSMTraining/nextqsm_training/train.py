@@ -18,6 +18,8 @@ Exact resume: the sample of global step ``t``, rank ``r``, batch slot ``b`` is i
 data position is the step; checkpoints (``out_dir/last.pt``, written atomically every
 ``ckpt_every`` steps) also hold the optimiser, scheduler and all RNG states.
 Logs: ``train.csv``, ``val.csv`` and TensorBoard in ``out_dir/tb``; tqdm progress on rank 0.
+``train.workers > 0`` generates the batches ahead in worker processes (same items, same order);
+``train.max_minutes`` stops a chunk on wall time (validated and checkpointed; ``--resume`` goes on).
 """
 from __future__ import annotations
 
@@ -139,8 +141,8 @@ class VSharpInputs:
 class CachedDataset:
     """Keeps generated items in memory and (optionally) as ``.pt`` files in ``cache_dir``."""
 
-    def __init__(self, ds, cache_dir: Optional[str] = None, tag: str = "train"):
-        self.ds, self.mem = ds, {}
+    def __init__(self, ds, cache_dir: Optional[str] = None, tag: str = "train", mem_items: int = 4096):
+        self.ds, self.mem, self.mem_items = ds, {}, int(mem_items)
         self.dir = Path(cache_dir) / tag if cache_dir else None
         if self.dir:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,7 @@ class CachedDataset:
                 tmp = p.with_suffix(".tmp")
                 torch.save(item, tmp)
                 os.replace(tmp, p)
-        if len(self.mem) < 4096:
+        if len(self.mem) < self.mem_items:
             self.mem[i] = item
         return item
 
@@ -218,13 +220,83 @@ def augment(item: dict, seed: tuple) -> dict:
     return out
 
 
+def _item(ds, g: int, seed: int, aug: bool) -> dict:
+    """Global sample number ``g``: item ``g % len(ds)``, augmented with seed ``(seed, g)``."""
+    it = ds[g % len(ds)]
+    return augment(it, (seed, g)) if aug else it
+
+
+def _collate(items: list) -> dict:
+    return {k: torch.stack([it[k] for it in items]) for k in _vol_keys(items[0]) + ("voxel_size", "b0_dir")}
+
+
 def get_batch(ds, step: int, rank: int, world: int, batch: int, seed: int, aug: bool, device) -> dict:
-    items = []
-    for slot in range(batch):
-        g = (step * world + rank) * batch + slot
-        it = ds[g % len(ds)]
-        items.append(augment(it, (seed, g)) if aug else it)
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in _vol_keys(items[0]) + ("voxel_size", "b0_dir")}
+    items = [_item(ds, (step * world + rank) * batch + slot, seed, aug) for slot in range(batch)]
+    return {k: v.to(device) for k, v in _collate(items).items()}
+
+
+class _StepItems(torch.utils.data.Dataset):
+    """Sample number -> augmented item (what :func:`get_batch` takes), for a DataLoader."""
+
+    def __init__(self, ds, seed: int, aug: bool):
+        self.ds, self.seed, self.aug = ds, seed, aug
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, g: int) -> dict:
+        return _item(self.ds, int(g), self.seed, self.aug)
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """The sample numbers of steps ``start..end-1`` of this rank, in order (batch slots consecutive)."""
+
+    def __init__(self, start: int, end: int, rank: int, world: int, batch: int):
+        self.start, self.end, self.rank, self.world, self.batch = start, end, rank, world, batch
+
+    def __len__(self) -> int:
+        return max(self.end - self.start, 0) * self.batch
+
+    def __iter__(self):
+        for step in range(self.start, self.end):
+            for slot in range(self.batch):
+                yield (step * self.world + self.rank) * self.batch + slot
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def _label_sources(ds) -> list:
+    """The label maps a generated dataset draws from (none for toy data)."""
+    inner = getattr(ds, "ds", ds)
+    inner = getattr(inner, "ds", inner)     # VSharpInputs wraps the generator
+    if hasattr(inner, "sources"):
+        return list(inner.sources)
+    if isinstance(inner, MakePairDataset):
+        from .label_sources import expand_sources
+
+        return expand_sources(inner.kwargs.get("source"))
+    return []
+
+
+def batches(ds, start: int, end: int, rank: int, world: int, tc, seed: int, aug: bool, device):
+    """Batches of steps ``start..end-1`` on ``device``: exactly :func:`get_batch`'s, made ahead by
+    ``tc.workers`` processes (each generates whole items; the order is kept)."""
+    if tc.workers <= 0:
+        for step in range(start, end):
+            yield get_batch(ds, step, rank, world, tc.batch_size, seed, aug, device)
+        return
+    if hasattr(ds, "mem_items"):
+        ds.mem_items = 0          # workers are separate processes: an in-memory cache would only grow
+    for src in _label_sources(ds):
+        src.load()                # label maps loaded once here, shared by the forked workers
+    loader = torch.utils.data.DataLoader(
+        _StepItems(ds, seed, aug), batch_size=tc.batch_size, sampler=_StepSampler(start, end, rank, world, tc.batch_size),
+        num_workers=tc.workers, collate_fn=_collate, worker_init_fn=_worker_init, prefetch_factor=4,
+        pin_memory=device.type == "cuda")
+    for b in loader:
+        yield {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -268,6 +340,38 @@ class Bundle(nn.Module):
             loss = loss + out["loss_base"]
         out["loss"] = loss
         return out
+
+
+def init_weights(bundle: Bundle, source: str | Path) -> None:
+    """Load ``bundle``'s networks from a checkpoint file (``fit``'s ``last.pt``/``best.pt``) or from a
+    weights folder (safetensors + manifest, e.g. the shipped ``nextqsm/models/weights``: nextqsm-bfr,
+    nextqsm-vn and baseline-inv, checksums verified). The architectures must match the config."""
+    from nextqsm.errors import QSMInputError
+
+    src = Path(source)
+    fix = "point config.train.init_from at a checkpoint or weights folder of the same model config"
+    if src.is_dir():
+        from nextqsm.models.weights import load_model
+
+        parts = [("nextqsm-bfr", bundle.bfr), ("nextqsm-vn", bundle.vn)]
+        parts += [("baseline-inv", bundle.base_inv)] if bundle.base_inv is not None else []
+        for name, net in parts:
+            try:
+                net.load_state_dict(load_model(name, src).state_dict())
+            except RuntimeError as exc:   # shape mismatch: another architecture
+                raise QSMInputError("config.train.init_from", f"{name} in {src} does not fit the config: "
+                                    f"{str(exc).splitlines()[0]}", fix) from None
+        return
+    if not src.exists():
+        raise QSMInputError("config.train.init_from", f"{src} does not exist", fix)
+    init = torch.load(src, map_location="cpu", weights_only=False)
+    try:
+        missing, _ = bundle.load_state_dict(init["model"], strict=False)
+    except RuntimeError as exc:
+        raise QSMInputError("config.train.init_from", f"{src} does not fit the config: {str(exc).splitlines()[0]}",
+                            fix) from None
+    if missing:
+        raise QSMInputError("config.train.init_from", f"{src} lacks weights {missing[:4]}", fix)
 
 
 def lr_lambda(tc) -> Callable[[int], float]:
@@ -358,6 +462,8 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if not use_cuda:
         torch.set_num_threads(max(int(tc.threads), 1))
+    else:
+        torch.backends.cudnn.benchmark = True   # fixed training shapes: let cuDNN pick its fastest kernels
     out = Path(cfg.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +482,8 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
     step, best, history = 0, {}, []
     ckpt = out / "last.pt"
     if resume and ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=False)
+        # on the CPU: the RNG states must stay CPU ByteTensors (load_state_dict moves the rest)
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)
         bundle.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -386,13 +493,7 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
             base_bfr.load_state_dict(st["base_bfr"])
         set_rng_state(st["rng"])
     elif tc.init_from:   # fresh run (schedule from step 0) starting from another run's weights
-        init = torch.load(tc.init_from, map_location=device, weights_only=False)
-        missing, _ = bundle.load_state_dict(init["model"], strict=False)
-        if missing:
-            from nextqsm.errors import QSMInputError
-
-            raise QSMInputError("config.train.init_from", f"{tc.init_from} lacks weights {missing[:4]}",
-                                "point it at a checkpoint of the same model config")
+        init_weights(bundle, tc.init_from)
     model = bundle
     if world > 1:
         model = nn.parallel.DistributedDataParallel(bundle, device_ids=[local_rank] if use_cuda else None)
@@ -424,16 +525,26 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
               "base_bfr": base_bfr.state_dict() if base_bfr is not None else None}
         save_atomic(st, ckpt)
 
-    t_last = time.perf_counter()
+    t_last = t_start = time.perf_counter()
     bundle.train()
     last = {}
+    feed = batches(train_ds, step, end, rank, world, tc, cfg.data.seed, cfg.data.augment, device)
     while step < end:
+        if tc.max_minutes is not None and time.perf_counter() - t_start > 60.0 * tc.max_minutes:
+            end = step   # wall-time limit: the block below validates and checkpoints this step
+            if rank == 0 and val_ds is not None:
+                val = validate(bundle, base_bfr, val_ds, device)
+                val.update(step=step, phase=1 if step <= tc.phase1_steps else 2)
+                history.append(val)
+                _append_csv(out / "val.csv", val)
+            checkpoint_now()
+            break
         phase = 1 if step < tc.phase1_steps else 2
         if phase == 2 and base_bfr is None and tc.train_baseline:
             base_bfr = copy.deepcopy(bundle.bfr).eval()  # the baseline's U-Net BFR = phase-1 BFR
             for p in base_bfr.parameters():
                 p.requires_grad_(False)
-        b = get_batch(train_ds, step, rank, world, tc.batch_size, cfg.data.seed, cfg.data.augment, device)
+        b = next(feed)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and tc.amp):
             losses = model(b, phase, demean)
         opt.zero_grad(set_to_none=True)
@@ -519,6 +630,11 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
         base_bfr = ScaledUNet(cfg.model.bfr)
         base_bfr.load_state_dict(st.get("base_bfr") or bundle.bfr.state_dict())
         entries["baseline-bfr"] = save_model(base_bfr, "baseline-bfr", weights_dir, training, metrics)
+        same = bundle.bfr.state_dict()
+        if all(torch.equal(v, same[k]) for k, v in base_bfr.state_dict().items()):
+            from nextqsm.models.weights import alias_model   # phase-1 checkpoint: the two BFRs are one network
+
+            entries["baseline-bfr"] = alias_model("baseline-bfr", "nextqsm-bfr", weights_dir)
         entries["baseline-inv"] = save_model(bundle.base_inv, "baseline-inv", weights_dir, training, metrics)
     return entries
 

@@ -25,8 +25,8 @@ out-of-memory error falls back to the CPU (reported in ``result.device`` and
 ``result.params['fallback']``). Large volumes are processed with the U-Net calls tiled
 (``tile`` voxels per side, overlap ``overlap``) while the FFT data term stays global.
 Everything runs under ``torch.inference_mode``. channels-last is not used (measured slower
-on the CPU: a 64^3 U-Net forward took 1.0 s vs 0.53 s); bf16 was not measured (no GPU was
-available while this was written), so inference stays float32.
+on the CPU: a 64^3 U-Net forward took 1.0 s vs 0.53 s). Inference stays float32, with cuDNN's TF32
+turned off (a whole-head case takes well under a second on an H200: ``benchmarks/results_gpu.md``).
 """
 from __future__ import annotations
 
@@ -119,17 +119,25 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         f = torch.from_numpy(field)[None, None].to(dev)
         m = torch.from_numpy(mask.astype(np.float32))[None, None].to(dev)
         t = {}
-        with torch.inference_mode():
+        cuda = dev.startswith("cuda")
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        # float32 convolutions on CUDA (cuDNN's TF32 default would leave ~1e-3 relative differences to the CPU)
+        cudnn = torch.backends.cudnn
+        flags = cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                            allow_tf32=False)
+        with torch.inference_mode(), flags:
             if bf is not None:
                 report(progress, 0.1, "background-field removal (U-Net)")
                 ts = time.perf_counter()
                 lf = bf(f, m)
+                sync()
                 t["bfr"] = time.perf_counter() - ts
             else:
                 lf = f * m
             report(progress, 0.4, "dipole inversion")
             ts = time.perf_counter()
             chi = iv(lf, m, inp.voxel_size, inp.b0_dir) if isinstance(iv, VariationalNetwork) else iv(lf, m)
+            sync()
             t["inversion"] = time.perf_counter() - ts
         return chi[0, 0].float().cpu().numpy(), lf[0, 0].float().cpu().numpy(), t
 

@@ -87,6 +87,26 @@ def save_model(model, name: str, weights_dir: str | os.PathLike | None = None, t
     return entry
 
 
+def alias_model(name: str, target: str, weights_dir: str | os.PathLike | None = None) -> dict:
+    """Make model ``name`` use ``target``'s file (identical tensors: one file in the repository instead
+    of two); ``name`` keeps its own training record and metrics. Returns its new entry."""
+    from ..io import write_json_atomic
+
+    d = Path(weights_dir or WEIGHTS_DIR)
+    man = load_manifest(d)
+    models = man.get("models", {})
+    if target not in models:
+        raise QSMInputError("weights", f"model {target!r} is not in {d / MANIFEST}", "export it first")
+    own = models.get(name, {})
+    entry = {**own, **{k: models[target][k] for k in ("file", "sha256", "bytes", "class", "arch", "parameters")},
+             "alias_of": target}
+    if own.get("file") and own["file"] != entry["file"] and (d / own["file"]).exists():
+        (d / own["file"]).unlink()
+    models[name] = entry
+    write_json_atomic(d / MANIFEST, man)
+    return entry
+
+
 def load_model(name: str, weights_dir: str | os.PathLike | None = None, device: str = "cpu", verify: bool = True):
     """Load model ``name`` from the manifest (offline), verify its sha256, return it in eval mode.
 
