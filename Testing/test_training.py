@@ -201,3 +201,21 @@ def test_vn_fine_tuning_on_vsharp_inputs(tmp_path):
     cfg.data.vn_input = "total"
     with pytest.raises(QSMInputError, match="vn_input"):
         make_dataset(cfg.data, "train")
+
+
+def test_gpu_lease_script_dry_run(tmp_path):
+    """scripts/gpu_lease.py (the bounded session on a lent GPU) runs end to end on the CPU (--dry-run):
+    trains within its budget and packs a model-only checkpoint in <= 15 MiB chunks that join back."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "NEXTQSM_LABEL_CACHE": str(tmp_path / "labels")}
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_lease.py"), "--dry-run", "--budget", "25",
+                        "--reserve", "5", "--sec-per-step", "1.0", "--skip", "tests", "--out-dir", str(tmp_path / "run")],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = (out / "log.txt").read_text()
+    assert "== training: done" in log and "packed" in log, log[-2000:]
+    chunks = sorted(out.glob("p1.pt.*"))
+    assert chunks and all(c.stat().st_size <= 15 * 2 ** 20 for c in chunks)
+    (tmp_path / "p1.pt").write_bytes(b"".join(c.read_bytes() for c in chunks))
+    st = torch.load(tmp_path / "p1.pt", weights_only=False)
+    assert st["step"] > 0 and "vn.rho" in st["model"] and (out / "runlogs.tar.gz").exists()

@@ -81,6 +81,9 @@ def prepare_labels() -> None:
     from nextqsm_training.label_sources import TRAIN_MAPS, synthseg_available
 
     maps = [i for i in TRAIN_MAPS if synthseg_available(i)]
+    if not maps:
+        log("no SynthSeg maps here: the generator falls back to procedural heads")
+        return
     with Pool(min(len(maps), os.cpu_count() or 1)) as pool:
         log(f"prepared {pool.map(_prep_map, maps)}")
 
