@@ -148,3 +148,14 @@ def test_local_input_skips_background_removal():
     assert nrmse(res.chi, chi, inp.mask) < 40.0
     with pytest.raises(QSMInputError):
         pipeline.run("vsharp-l2", inp, l2_typo=1)
+
+
+def test_device_is_a_parameter_of_every_method():
+    """pipeline.run(..., device=...) works for classical methods too (they read it from the input)."""
+    chi, f, m, _, _ = phantom(24)
+    inp = pipeline.QSMInput(field=f, mask=m, kind="local")
+    a = pipeline.run("tkd", inp, device="cpu")
+    b = pipeline.run("tkd", inp)
+    assert a.device == "cpu" and np.array_equal(a.chi, b.chi)
+    with pytest.raises(QSMInputError, match="unknown parameter"):
+        pipeline.run("tkd", inp, devices="cpu")

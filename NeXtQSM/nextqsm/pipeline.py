@@ -6,7 +6,9 @@ so importing this module never imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -111,8 +113,13 @@ def resolve(name: str) -> Callable[..., QSMResult]:
 
 
 def run(name: str, inp: QSMInput, progress: ProgressFn | None = None, **params) -> QSMResult:
-    """Run the named method on ``inp``; fills timings['total'] and masks chi."""
+    """Run the named method on ``inp``; fills timings['total'] and masks chi.
+
+    ``device`` ('auto' | 'cpu' | 'cuda') is accepted for every method: the networks take it as a
+    parameter, the classical methods read it from the input (``inp.device``)."""
     fn = resolve(name)
+    if "device" in params and "device" not in inspect.signature(fn).parameters:
+        inp = dataclasses.replace(inp, device=params.pop("device"))
     t0 = time.perf_counter()
     res = fn(inp, progress=progress, **params)
     res.timings.setdefault("total", time.perf_counter() - t0)
