@@ -525,18 +525,35 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
               "base_bfr": base_bfr.state_dict() if base_bfr is not None else None}
         save_atomic(st, ckpt)
 
+    last_val_step = -1
+
+    def validate_now(phase: int) -> None:
+        """Validate at ``step``: val.csv, TensorBoard, history, and best.pt when it improves."""
+        nonlocal best, last_val_step
+        val = validate(bundle, base_bfr, val_ds, device)
+        val.update(step=step, phase=phase)
+        history.append(val)
+        last_val_step = step
+        _append_csv(out / "val.csv", val)
+        if writer:
+            for k, v in val.items():
+                if k not in ("step",):
+                    writer.add_scalar(f"val/{k}", v, step)
+        key = "nrmse" if phase == 2 else "nrmse_vn"  # phase 1: the VN alone (on data.vn_input)
+        if not best or phase > best.get("phase", 0) or val[key] < best.get(key, math.inf):
+            best = dict(val)
+            save_atomic({"step": step, "model": bundle.state_dict(), "config": cfg.to_dict(), "metrics": val,
+                         "base_bfr": (base_bfr or bundle.bfr).state_dict()}, out / "best.pt")
+
     t_last = t_start = time.perf_counter()
     bundle.train()
     last = {}
     feed = batches(train_ds, step, end, rank, world, tc, cfg.data.seed, cfg.data.augment, device)
     while step < end:
         if tc.max_minutes is not None and time.perf_counter() - t_start > 60.0 * tc.max_minutes:
-            end = step   # wall-time limit: the block below validates and checkpoints this step
-            if rank == 0 and val_ds is not None:
-                val = validate(bundle, base_bfr, val_ds, device)
-                val.update(step=step, phase=1 if step <= tc.phase1_steps else 2)
-                history.append(val)
-                _append_csv(out / "val.csv", val)
+            end = step   # wall-time limit: validate (unless this step just was) and checkpoint, then stop
+            if rank == 0 and val_ds is not None and last_val_step != step:
+                validate_now(1 if step <= tc.phase1_steps else 2)
             checkpoint_now()
             break
         phase = 1 if step < tc.phase1_steps else 2
@@ -572,19 +589,7 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
             progress(step / max(end, 1), f"step {step}/{end} phase {phase} loss {last['loss']:.4f}")
         do_val = val_ds is not None and (step % tc.val_every == 0 or step == end)
         if do_val and rank == 0:
-            val = validate(bundle, base_bfr, val_ds, device)
-            val.update(step=step, phase=phase)
-            history.append(val)
-            _append_csv(out / "val.csv", val)
-            if writer:
-                for k, v in val.items():
-                    if k not in ("step",):
-                        writer.add_scalar(f"val/{k}", v, step)
-            key = "nrmse" if phase == 2 else "nrmse_vn"  # phase 1: the VN alone (on data.vn_input)
-            if not best or phase > best.get("phase", 0) or val[key] < best.get(key, math.inf):
-                best = dict(val)
-                save_atomic({"step": step, "model": bundle.state_dict(), "config": cfg.to_dict(), "metrics": val,
-                             "base_bfr": (base_bfr or bundle.bfr).state_dict()}, out / "best.pt")
+            validate_now(phase)
         if rank == 0 and (step % tc.ckpt_every == 0 or step == end):
             checkpoint_now()
         if world > 1 and (step % tc.ckpt_every == 0 or step == end):
