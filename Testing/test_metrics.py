@@ -32,3 +32,14 @@ def test_metric_sanity(arrays):
     assert m["nrmse"] == pytest.approx(0, abs=1e-9) and m["xsim"] == pytest.approx(1.0)
     assert metrics.nrmse(2 * truth, truth, mask) == pytest.approx(100.0, rel=1e-6)
     assert metrics.nrmse_detrend(2 * truth + 1, truth, mask) == pytest.approx(0, abs=1e-6)
+
+
+def test_xsim_ref_ignores_the_reference_offset(arrays):
+    """Raw XSIM (the QSM-CI definition) drops with a constant offset; xsim_ref does not."""
+    recon, truth, mask, _ = arrays
+    m = mask > 0
+    shifted = np.where(m, recon + 0.02, 0.0)
+    assert metrics.xsim_ref(shifted, truth, mask) == pytest.approx(metrics.xsim_ref(recon * m, truth, mask), abs=1e-9)
+    assert metrics.xsim(shifted, truth, mask) < metrics.xsim(recon * m, truth, mask) - 0.05
+    assert metrics.xsim_ref(truth + 0.05 * m, truth, mask) == pytest.approx(1.0)
+    assert metrics.challenge_metrics(recon, truth, mask)["xsim_ref"] == pytest.approx(metrics.xsim_ref(recon, truth, mask))

@@ -219,3 +219,22 @@ def test_gpu_lease_script_dry_run(tmp_path):
     (tmp_path / "p1.pt").write_bytes(b"".join(c.read_bytes() for c in chunks))
     st = torch.load(tmp_path / "p1.pt", weights_only=False)
     assert st["step"] > 0 and "vn.rho" in st["model"] and (out / "runlogs.tar.gz").exists()
+
+
+def test_csv_log_keeps_columns_when_a_resumed_run_logs_more(tmp_path):
+    """A resumed run of a newer version may log a new metric: no row is shifted or lost."""
+    import csv
+
+    from nextqsm_training.train import _append_csv
+
+    p = tmp_path / "val.csv"
+    _append_csv(p, {"step": 1, "nrmse": 50.0})
+    _append_csv(p, {"step": 2, "nrmse": 40.0})
+    _append_csv(p, {"step": 3, "nrmse": 30.0, "xsim_ref": 0.6})
+    _append_csv(p, {"step": 4, "nrmse": 20.0})
+    with open(p, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    assert [r["nrmse"] for r in rows] == ["50.0", "40.0", "30.0", "20.0"]
+    assert [r["xsim_ref"] for r in rows] == ["", "", "0.6", ""]
+    assert not (tmp_path / "val.csv.tmp").exists()

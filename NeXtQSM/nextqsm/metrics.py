@@ -10,7 +10,12 @@ Segmentation labels (for the region metrics) follow the challenge-2.0/QSM-CI hea
   (label 11 in the mask, dilated by a 3x3x3 cube) and in deep grey matter (1-6).
 * dgm_slope: |1 - slope| of the region means of labels 1-6 (deep-grey linearity).
 * hfen: 100 * ||LoG(x) - LoG(ref)|| / ||LoG(ref)|| (sigma 1.5 voxels), in the mask.
-* xsim: SSIM tuned for QSM (5^3 windows, L=1, K1=0.01, K2=0.001).
+* xsim: SSIM tuned for QSM (5^3 windows, L=1, K1=0.01, K2=0.001), on the maps as given.
+* xsim_ref: the same after referencing both maps to their own mean inside the mask (the
+  convention of the demeaned NRMSE). The mean susceptibility of the brain is not observable
+  after background-field removal (a uniform chi over the mask makes a field that is harmonic
+  inside it), yet XSIM's luminance term (C1 = 1e-4 ppm^2) reacts to offsets of ~0.01 ppm, so
+  raw XSIM partly scores the arbitrary reference of each map.
 * correlation: Pearson r in the mask.
 """
 from __future__ import annotations
@@ -96,6 +101,18 @@ def xsim(x: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean(num[valid] / den[valid])) if valid.any() else 0.0
 
 
+def referenced(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``x`` minus its mean inside ``mask``, zero outside (float64)."""
+    m = np.asarray(mask) > 0
+    a = np.asarray(x, np.float64)
+    return np.where(m, a - (a[m].mean() if m.any() else 0.0), 0.0)
+
+
+def xsim_ref(x: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
+    """:func:`xsim` of the two maps each referenced to its mean inside ``mask``."""
+    return xsim(referenced(x, mask), referenced(ref, mask), mask)
+
+
 def dgm_slope_error(x: np.ndarray, ref: np.ndarray, seg: np.ndarray, labels=(1, 2, 3, 4, 5, 6)) -> float:
     """|1 - slope| of region means (recon vs truth) over the deep-grey labels."""
     t, r = [], []
@@ -114,7 +131,7 @@ def challenge_metrics(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, seg: np.
     m = np.asarray(mask) > 0
     n1, n2 = nrmse_both(x, ref, m)
     out = {"nrmse": n1, "nrmse_detrend": n2, "hfen": hfen(x, ref, m), "xsim": xsim(x, ref, m),
-           "correlation": correlation(x, ref, m)}
+           "xsim_ref": xsim_ref(x, ref, m), "correlation": correlation(x, ref, m)}
     if seg is not None:
         seg = np.rint(seg).astype(np.int32)
         out["nrmse_tissue"] = nrmse_both(x, ref, m & np.isin(seg, (7, 8, 9)))[1]

@@ -20,9 +20,11 @@ def nrmse_local(x: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
 
 
 def score(x: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> dict:
-    """{'nrmse': demeaned NRMSE %, 'xsim': XSIM} of ``x`` against ``ref`` inside ``mask`` (ppm arrays)."""
+    """{'nrmse': demeaned NRMSE %, 'xsim': XSIM, 'xsim_ref': XSIM of the mean-referenced maps} of ``x``
+    against ``ref`` inside ``mask`` (ppm arrays)."""
     try:
         from nextqsm import metrics
     except ImportError:
-        return {"nrmse": nrmse_local(x, ref, mask), "xsim": math.nan}
-    return {"nrmse": float(metrics.nrmse(x, ref, mask)), "xsim": float(metrics.xsim(x, ref, mask))}
+        return {"nrmse": nrmse_local(x, ref, mask), "xsim": math.nan, "xsim_ref": math.nan}
+    return {"nrmse": float(metrics.nrmse(x, ref, mask)), "xsim": float(metrics.xsim(x, ref, mask)),
+            "xsim_ref": float(metrics.xsim_ref(x, ref, mask))}

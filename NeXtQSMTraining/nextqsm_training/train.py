@@ -430,10 +430,9 @@ def validate(bundle: Bundle, base_bfr: Optional[nn.Module], val_ds, device) -> d
         chi_vn = bundle.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"])
         np_ = lambda t: t[0, 0].float().cpu().numpy()
         ref, mk = np_(b["chi"]), np_(m) > 0
-        r = {"nrmse": score(np_(chi_hat), ref, mk)["nrmse"], "xsim": score(np_(chi_hat), ref, mk)["xsim"],
-             "nrmse_vn": score(np_(chi_vn), ref, np_(mv) > 0)["nrmse"],
-             "xsim_vn": score(np_(chi_vn), ref, np_(mv) > 0)["xsim"],
-             "nrmse_lf": score(np_(lf_hat), np_(b["local_field"]), mk)["nrmse"]}
+        e2e, vn = score(np_(chi_hat), ref, mk), score(np_(chi_vn), ref, np_(mv) > 0)
+        r = {"nrmse": e2e["nrmse"], "xsim": e2e["xsim"], "nrmse_vn": vn["nrmse"], "xsim_vn": vn["xsim"],
+             "xsim_ref_vn": vn["xsim_ref"], "nrmse_lf": score(np_(lf_hat), np_(b["local_field"]), mk)["nrmse"]}
         if bundle.base_inv is not None:
             blf = (base_bfr or bundle.bfr)(b["total_field"], m)
             r["nrmse_base"] = score(np_(bundle.base_inv(blf, m)), ref, mk)["nrmse"]
@@ -602,12 +601,26 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    """Append ``row`` under the file's header; a new file, or a row with new keys (a resumed run of a
+    newer version logs more columns), is (re)written atomically with the union of the columns."""
+    header: list[str] = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+    if header and set(row) <= set(header):
+        with open(path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=header, restval="").writerow(row)
+        return
+    rows = []
+    if header:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=header + [k for k in row if k not in header], restval="")
+        w.writeheader()
+        w.writerows([*rows, row])
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- export
