@@ -152,6 +152,20 @@ def test_init_from_a_weights_folder(tmp_path):
     with pytest.raises(QSMInputError, match="does not fit the config"):
         init_weights(Bundle(other.model), tmp_path / "w")
 
+    # a VN-only fine-tuning of that folder exports the VN alone, with where it started from
+    import shutil
+
+    shutil.copytree(tmp_path / "w", tmp_path / "w2")
+    ft = tiny_config(tmp_path / "ft", phase2_steps=0, train_bfr=False, train_baseline=False,
+                     init_from=str(tmp_path / "w"))
+    fit(ft, max_steps=2)
+    entries = export_checkpoint(tmp_path / "ft" / "last.pt", tmp_path / "w2")
+    assert set(entries) == {"nextqsm-vn"}
+    new, old = load_manifest(tmp_path / "w2")["models"], man["models"]
+    assert new["nextqsm-bfr"] == old["nextqsm-bfr"] and new["baseline-inv"] == old["baseline-inv"]
+    assert new["nextqsm-vn"]["sha256"] != old["nextqsm-vn"]["sha256"]
+    assert new["nextqsm-vn"]["training"]["init_from"]["sha256"] == old["nextqsm-vn"]["sha256"]
+
 
 def test_cli_fit_and_export(tmp_path):
     from nextqsm_training.cli import main

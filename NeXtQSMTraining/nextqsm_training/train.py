@@ -625,11 +625,15 @@ def _append_csv(path: Path, row: dict) -> None:
 
 # ---------------------------------------------------------------------------------------- export
 def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] = None, data: str = "") -> dict:
-    """Write the networks of a ``fit`` checkpoint as safetensors + manifest entries.
+    """Write the networks a ``fit`` checkpoint trained as safetensors + manifest entries.
 
-    Models: ``nextqsm-bfr``, ``nextqsm-vn``, ``baseline-bfr`` (the phase-1 background U-Net) and
-    ``baseline-inv``. The manifest records the architecture, the training config, ``data``,
-    the step and the validation metrics stored in the checkpoint. Returns the entries.
+    Models: ``nextqsm-vn``; ``nextqsm-bfr`` unless the run kept it frozen (``train.train_bfr: false``
+    and no phase-2 step: it is still its ``init_from`` copy, so the folder's entry is left alone);
+    ``baseline-bfr`` (the phase-1 background U-Net) and ``baseline-inv`` when the run trained the
+    baseline. The manifest records the architecture, the training config, ``data``, the step, the
+    validation metrics stored in the checkpoint and, for a fine-tuned run, what it started from
+    (``init_from``: the path, and for a weights folder the source model's sha256 and steps).
+    Returns the entries written.
     """
     from nextqsm.models.weights import save_model
 
@@ -642,8 +646,23 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
     metrics = st.get("metrics") or st.get("best") or {}
     training = {"steps": int(st["step"]), "config": st["config"], "data": data or _describe_data(cfg),
                 "checkpoint": str(checkpoint)}
-    entries = {"nextqsm-bfr": save_model(bundle.bfr, "nextqsm-bfr", weights_dir, training, metrics),
-               "nextqsm-vn": save_model(bundle.vn, "nextqsm-vn", weights_dir, training, metrics)}
+
+    def with_init(name: str) -> dict:
+        src = cfg.train.init_from
+        if not src:
+            return training
+        info: dict = {"path": str(src)}
+        if Path(src).is_dir():
+            from nextqsm.models.weights import load_manifest
+
+            e = load_manifest(src)["models"].get(name, {})
+            info.update(model=name, sha256=e.get("sha256"), steps=e.get("training", {}).get("steps"))
+        return {**training, "init_from": info}
+
+    bfr_trained = cfg.train.train_bfr or int(st["step"]) > cfg.train.phase1_steps
+    entries = {"nextqsm-vn": save_model(bundle.vn, "nextqsm-vn", weights_dir, with_init("nextqsm-vn"), metrics)}
+    if bfr_trained:
+        entries["nextqsm-bfr"] = save_model(bundle.bfr, "nextqsm-bfr", weights_dir, with_init("nextqsm-bfr"), metrics)
     if bundle.base_inv is not None:
         base_bfr = ScaledUNet(cfg.model.bfr)
         base_bfr.load_state_dict(st.get("base_bfr") or bundle.bfr.state_dict())
@@ -653,7 +672,8 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
             from nextqsm.models.weights import alias_model   # phase-1 checkpoint: the two BFRs are one network
 
             entries["baseline-bfr"] = alias_model("baseline-bfr", "nextqsm-bfr", weights_dir)
-        entries["baseline-inv"] = save_model(bundle.base_inv, "baseline-inv", weights_dir, training, metrics)
+        entries["baseline-inv"] = save_model(bundle.base_inv, "baseline-inv", weights_dir, with_init("baseline-inv"),
+                                             metrics)
     return entries
 
 
