@@ -53,7 +53,8 @@ def run_method(name, inp, **kw):
 
 
 def available(names):
-    """Importable methods; ``nextqsm:vsharp`` = V-SHARP background removal + the VN (diagnostic variant)."""
+    """Importable methods; ``nextqsm:vsharp`` / ``nextqsm:unet`` = that background removal + the VN,
+    ``nextqsm:local`` = the VN alone on the true local field (diagnostic variants)."""
     from nextqsm.pipeline import available_methods
 
     av = set(available_methods())
@@ -77,7 +78,12 @@ def bench_heads(heads, size, methods, noise_var, log, reuse: dict | None = None)
         for m in methods:
             try:
                 name, _, variant = m.partition(":")
-                res, dt = run_method(name, inp, **({"bfr": variant} if variant else {}))
+                if variant == "local":   # the inversion alone on the true local field
+                    loc = QSMInput(field=h["local_field"], mask=mask, kind="local", voxel_size=tuple(h["voxel_size"]),
+                                   b0_dir=tuple(h["b0_dir"]))
+                    res, dt = run_method(name, loc)
+                else:
+                    res, dt = run_method(name, inp, **({"bfr": variant} if variant else {}))
                 row[m] = {**metrics(res.chi, h["chi"], mask), "seconds": round(dt, 1)}
             except Exception as exc:  # report, keep going
                 row[m] = {"error": f"{type(exc).__name__}: {exc}"[:200]}

@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = dict(
     snr=(20.0, 200.0),             # local-field RMS / noise std for noise="random"
     noise_corr=(0.0, 1.5, 4.0),    # (probability, min, max correlation length in voxels): part of the
                                    # noise variance (30-100 %) is spatially smooth, as real fields'
-                                   # departures from the dipole model are (see notes below)
+                                   # departures from the dipole model are (module docstring)
     pad=None,                      # zero padding per side for the FFTs (default size // 6)
     device=None,
 )

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Why the 2016 challenge is hard for the VN: its local field against the dipole field of its own COSMOS map.
+
+Measures (writes ``benchmarks/results_diag_challenge.md``):
+
+* the residual r = measured local field - D * COSMOS (ppm, in the mask): RMS against the field's,
+  and how much of it survives a Gaussian smoothing (white noise: little; smooth model errors such
+  as anisotropy, which COSMOS does not model: most);
+* NeXtQSM's VN (``--input local``) on the measured field, on D * COSMOS, and on D * COSMOS plus
+  white noise of r's RMS, each also after a Gaussian post-blur of chi (NRMSE % vs COSMOS);
+* closed-form Tikhonov (||M(Dx - f)||^2 + lam ||x||^2 on the whole grid) over lam: how far plain
+  regularisation goes on this data.
+
+    .venv/bin/python benchmarks/diag_challenge.py [--weights-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "qsm2016_challenge"
+VOXEL = (1.0625, 1.0625, 1.0714286)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights-dir", default=None)
+    ap.add_argument("--out", default=str(HERE / "results_diag_challenge.md"))
+    args = ap.parse_args(argv)
+
+    from nextqsm.dipole import dipole_kernel, forward_field
+    from nextqsm.io import load_nifti
+    from nextqsm.metrics import nrmse
+    from nextqsm.pipeline import QSMInput, run
+
+    if not DATA.exists():
+        print(f"{DATA} not found", file=sys.stderr)
+        return 1
+    lf = load_nifti(DATA / "phs_tissue.nii.gz").data.astype(np.float64)
+    m = load_nifti(DATA / "msk.nii.gz").data > 0
+    cos = load_nifti(DATA / "chi_cosmos.nii.gz").data.astype(np.float64)
+    fc = forward_field(cos * m, VOXEL, (0.0, 0.0, 1.0)) * m
+    r = (lf - fc) * m
+    white = np.random.default_rng(0).normal(0.0, 1.0, m.shape)
+    L = ["# The 2016 challenge's local field against the dipole field of its own COSMOS map", "",
+         f"Command: `.venv/bin/python benchmarks/diag_challenge.py{' --weights-dir ' + args.weights_dir if args.weights_dir else ''}`  ",
+         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. NRMSE = demeaned NRMSE % vs COSMOS in msk.", "",
+         f"* RMS in the mask: measured field {lf[m].std():.4f} ppm, D * COSMOS {fc[m].std():.4f} ppm, "
+         f"residual {r[m].std():.4f} ppm ({r[m].std() / lf[m].std():.2f}x the field)."]
+    for s in (1.0, 2.0):
+        L.append(f"* fraction of the residual's RMS left after a Gaussian smoothing of sigma {s} voxel: "
+                 f"{ndi.gaussian_filter(r, s)[m].std() / r[m].std():.2f} (white noise: "
+                 f"{ndi.gaussian_filter(white, s)[m].std() / white[m].std():.2f})")
+    L += ["", "| VN input | chi NRMSE | + blur 0.5 | + blur 0.7 | + blur 1.0 |", "|---|---|---|---|---|"]
+    kw = {"weights_dir": args.weights_dir} if args.weights_dir else {}
+    for name, f in (("measured local field", lf), ("D * COSMOS", fc),
+                    ("D * COSMOS + white noise of the residual's RMS", fc + white * r[m].std() * m)):
+        x = run("nextqsm", QSMInput(field=f.astype(np.float32), mask=m, kind="local", voxel_size=VOXEL,
+                                    b0_dir=(0.0, 0.0, 1.0)), **kw).chi
+        cells = [f"{nrmse(x, cos, m):.1f}"] + [f"{nrmse(ndi.gaussian_filter(x, g) * m, cos, m):.1f}" for g in (0.5, 0.7, 1.0)]
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(L[-1], flush=True)
+    D = dipole_kernel(lf.shape, VOXEL, (0.0, 0.0, 1.0))
+    F = np.fft.fftn(lf * m)
+    L += ["", "Closed-form Tikhonov on the measured field (NRMSE % vs COSMOS): " + ", ".join(
+        f"lam {lam}: {nrmse(np.real(np.fft.ifftn(D * F / (D * D + lam))) * m, cos, m):.1f}"
+        for lam in (0.01, 0.03, 0.1, 0.3))]
+    Path(args.out).write_text("\n".join(L) + "\n")
+    print("\n".join(L))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
