@@ -119,12 +119,13 @@ def test_vn_overfits_one_tiny_batch():
     assert losses[-1] < losses[0] / 2, losses[::6]
 
 
-@pytest.mark.parametrize("cls", ["vn", "unet"])
+@pytest.mark.parametrize("cls", ["vn", "vn-noise-cond", "unet"])
 def test_scale_awareness_x2_input_gives_x2_output(cls):
     """Normalisation inside the model: f -> 2 f gives chi -> 2 chi within 1e-4 relative (max abs)."""
     torch.manual_seed(1)
     _, lf, mask = toy(16)
-    net = VariationalNetwork(steps=2, unet=TINY) if cls == "vn" else ScaledUNet(TINY)
+    net = (VariationalNetwork(steps=2, unet=TINY, noise_cond=cls == "vn-noise-cond") if cls.startswith("vn")
+           else ScaledUNet(TINY))
     with torch.no_grad():
         for p in net.parameters():  # non-trivial weights
             p.add_(0.05 * torch.randn_like(p))
@@ -291,3 +292,48 @@ def test_manifest_default_bfr(weights_dir, tmp_path):
     assert res.params["bfr"] == "vsharp"
     res = run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), weights_dir=d, device="cpu", bfr="unet")
     assert res.params["bfr"] == "unet"
+
+
+def test_cone_energy_separates_dipole_fields_from_noise():
+    """The magic-cone energy ratio: near 0 for a (masked) dipole field, ~1 for white noise, rising with noise."""
+    from nextqsm.models.vn import cone_energy
+
+    _, lf, mask = toy(32)
+    k = batch_kernels(lf.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), 1)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, lf.shape).astype(np.float32)
+    clean = float(cone_energy(t5(lf * mask), k))
+    white = float(cone_energy(t5(noise), k))
+    sd = float(lf[mask].std())
+    noisy = [float(cone_energy(t5((lf + a * sd * noise) * mask), k)) for a in (0.3, 1.0, 3.0)]
+    assert clean < 0.2 and 0.8 < white < 1.2
+    assert clean < noisy[0] < noisy[1] < noisy[2]
+    # scale-free: the ratio of a field and of 1000 x the field agree
+    assert abs(float(cone_energy(t5(1000 * lf * mask), k)) - clean) < 1e-4
+
+
+def test_noise_conditioned_vn_grows_from_an_unconditioned_one(tmp_path):
+    """Loading an unconditioned VN into a noise-conditioned one gives the same function; the new
+    weights then act (output depends on the noise level) and the architecture survives save/load."""
+    torch.manual_seed(2)
+    _, lf, mask = toy(16)
+    rng = np.random.default_rng(1)
+    noisy = (lf + 0.5 * lf[mask].std() * rng.normal(0, 1, lf.shape)).astype(np.float32) * mask
+    plain = VariationalNetwork(steps=2, unet=TINY)
+    cond = VariationalNetwork(steps=2, unet=TINY, noise_cond=True)
+    with torch.no_grad():
+        for q in plain.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+        cond.load_state_dict(plain.state_dict())
+        for f in (lf, noisy):
+            assert torch.equal(plain(t5(f), t5(mask)), cond(t5(f), t5(mask)))
+        cond.lam_gain.fill_(3.0)
+        cond.reg.enc[0][0].weight[:, 1].normal_(0, 0.5)
+        assert not torch.allclose(plain(t5(noisy), t5(mask)), cond(t5(noisy), t5(mask)))
+    save_model(cond, "nextqsm-vn", tmp_path)
+    back = load_model("nextqsm-vn", tmp_path)
+    assert back.noise_cond and back.reg.config["in_ch"] == 2
+    with torch.no_grad():
+        assert torch.equal(back(t5(noisy), t5(mask)), cond.eval()(t5(noisy), t5(mask)))
+    with pytest.raises(ValueError, match="input channels"):
+        VariationalNetwork(steps=2, unet={**TINY, "in_ch": 1}, noise_cond=True)

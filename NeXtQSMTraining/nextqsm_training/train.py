@@ -10,7 +10,7 @@ All L1 losses are mean absolute errors in ppm inside the mask (demeaned when
 
 Optimiser: Adam (lr 4e-4, betas 0.9/0.999) with linear warm-up and cosine decay over the
 configured total steps; the VN step sizes (``vn.rho``, lambda = softplus(rho)) use
-``lr * lambda_lr_mult`` so that they can move from their 0.1 start within a short run. bf16 autocast on CUDA (FFTs stay float32). Optional gradient
+``lr * lambda_lr_mult`` (as do their noise gains ``vn.lam_gain``) so that they can move from their 0.1 start within a short run. bf16 autocast on CUDA (FFTs stay float32). Optional gradient
 checkpointing. DDP via ``torchrun`` (gloo on CPU, nccl on CUDA).
 
 Exact resume: the sample of global step ``t``, rank ``r``, batch slot ``b`` is item
@@ -473,8 +473,9 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
 
     bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline, tc.train_bfr).to(device)
     base_bfr: Optional[nn.Module] = None
-    rho = [bundle.vn.rho]
-    rest = [p for n, p in bundle.named_parameters() if n != "vn.rho"]
+    fast = {"vn.rho", "vn.lam_gain"}   # step sizes and their noise gains (noise_cond)
+    rho = [p for n, p in bundle.named_parameters() if n in fast]
+    rest = [p for n, p in bundle.named_parameters() if n not in fast]
     opt = torch.optim.Adam([{"params": rest}, {"params": rho, "lr": tc.lr * tc.lambda_lr_mult, "weight_decay": 0.0}],
                            lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
