@@ -26,7 +26,7 @@ pad-then-crop is pad-then-crop, so ``D^T M (D x - f)`` is the exact gradient of
 Noise conditioning (``noise_cond=True``, FFDNet-style): a dipole field has no energy on the magic
 cone (D = 0), so the share of the masked field's power spectrum where |D| < 0.1, divided by the
 share of the spectrum that region covers (:func:`cone_energy`), measures how much of the input the
-dipole model cannot explain (noise, model errors): about 0.04-0.1 for clean simulated local fields
+dipole model cannot explain (noise, model errors): about 0.04-0.14 for clean simulated local fields
 (mask truncation leaks a little), 0.11-0.12 for V-SHARP fields of clean heads, 0.37 at white-noise
 SNR 1.5, 0.40 for the 2016 challenge's field. With ``q = c / 0.1`` (:data:`CONE_UNIT`; order 1, so
 the new weights learn at the pace of the others), the regulariser gets ``q * M`` as a second input
@@ -100,7 +100,6 @@ def cone_energy(f: torch.Tensor, khalf: torch.Tensor, pshape: Sequence[int] | No
     the fraction of the (half) spectrum where |D| < ``eps``: ~1 for white noise, near 0 for a dipole field.
     ``khalf`` is the half-spectrum kernel of the padded grid (:func:`half_kernel`), as in :func:`dipole_conv`.
     """
-    shape = f.shape[-3:]
     if pshape is None:
         pshape = (khalf.shape[-3], khalf.shape[-2], 2 * (khalf.shape[-1] - 1))
     with torch.no_grad():
