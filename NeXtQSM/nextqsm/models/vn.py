@@ -177,9 +177,10 @@ class VariationalNetwork(nn.Module):
                  lambda_max: float | None = None, noise_cond: bool = False):
         super().__init__()
         unet = dict(unet or {})
-        unet.setdefault("in_ch", 2 if noise_cond else 1)
-        if unet["in_ch"] != (2 if noise_cond else 1):
-            raise ValueError(f"the regulariser takes {2 if noise_cond else 1} input channels, got in_ch={unet['in_ch']}")
+        in_ch = 2 if noise_cond else 1   # chi (+ the noise-level map)
+        unet.setdefault("in_ch", in_ch)
+        if unet["in_ch"] != in_ch:
+            raise ValueError(f"the regulariser takes {in_ch} input channels, got in_ch={unet['in_ch']}")
         unet.setdefault("out_ch", 1)
         if init not in ("field", "tkd"):
             raise ValueError(f"unknown init {init!r} (use 'field' or 'tkd')")
