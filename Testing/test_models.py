@@ -337,3 +337,34 @@ def test_noise_conditioned_vn_grows_from_an_unconditioned_one(tmp_path):
         assert torch.equal(back(t5(noisy), t5(mask)), cond.eval()(t5(noisy), t5(mask)))
     with pytest.raises(ValueError, match="input channels"):
         VariationalNetwork(steps=2, unet={**TINY, "in_ch": 1}, noise_cond=True)
+
+
+def test_fill_rim_vn_predicts_the_eroded_rim(weights_dir, tmp_path):
+    """``out_mask``: chi on the data mask is unchanged, the rim around it gets values, nothing outside;
+    a ``fill_rim`` VN after V-SHARP returns chi on the whole brain mask (plain VNs keep the eroded mask)."""
+    import shutil
+
+    from scipy import ndimage as ndi
+
+    torch.manual_seed(3)
+    chi, lf, mask = toy(20)
+    inner = ndi.binary_erosion(mask, iterations=2)
+    vn = VariationalNetwork(steps=2, unet=TINY, fill_rim=True)
+    with torch.no_grad():
+        a = vn(t5(lf * inner), t5(inner))[0, 0].numpy()
+        b = vn(t5(lf * inner), t5(inner), out_mask=t5(mask))[0, 0].numpy()
+    rim = mask & ~inner
+    np.testing.assert_array_equal(a[inner], b[inner])
+    assert (b[~mask] == 0).all() and (a[rim] == 0).all() and (np.abs(b[rim]) > 0).mean() > 0.9
+    d = tmp_path / "w"
+    shutil.copytree(weights_dir, d)
+    inp = QSMInput(field=lf, mask=mask, kind="total")
+    plain = run("nextqsm", inp, weights_dir=d, device="cpu", bfr="vsharp")
+    save_model(vn, "nextqsm-vn", d, {"steps": 0}, {})
+    assert load_model("nextqsm-vn", d).fill_rim
+    res = run("nextqsm", inp, weights_dir=d, device="cpu", bfr="vsharp")
+    assert plain.mask.sum() < mask.sum() and (plain.chi[~plain.mask] == 0).all()
+    assert res.params["fill_rim"] and (res.mask == mask).all()
+    assert (np.abs(res.chi[mask & ~plain.mask]) > 0).mean() > 0.9 and (res.chi[~mask] == 0).all()
+    local = run("nextqsm", QSMInput(field=lf, mask=mask, kind="local"), weights_dir=d, device="cpu")
+    assert (local.mask == mask).all() and "fill_rim" not in local.params

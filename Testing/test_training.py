@@ -252,3 +252,46 @@ def test_csv_log_keeps_columns_when_a_resumed_run_logs_more(tmp_path):
     assert [r["nrmse"] for r in rows] == ["50.0", "40.0", "30.0", "20.0"]
     assert [r["xsim_ref"] for r in rows] == ["", "", "0.6", ""]
     assert not (tmp_path / "val.csv.tmp").exists()
+
+
+def test_xsim_loss_is_one_minus_the_xsim_metric():
+    from scipy import ndimage as ndi
+
+    from nextqsm.metrics import xsim
+    from nextqsm_training.train import xsim_loss
+
+    rng = np.random.default_rng(0)
+    ref = ndi.gaussian_filter(rng.standard_normal((24, 22, 20)), 2) * 0.3
+    x = ref + 0.03 * rng.standard_normal(ref.shape) + 0.01
+    m = np.zeros(ref.shape, bool)
+    m[3:21, 4:19, 2:17] = True
+    t = lambda a: torch.tensor(np.asarray(a, np.float32))[None, None]  # noqa: E731
+    got = 1.0 - float(xsim_loss(t(x * m), t(ref * m), t(m)))
+    assert abs(got - xsim(x * m, ref * m, m)) < 1e-5
+    a = t(x * m).requires_grad_()
+    xsim_loss(a, t(ref * m), t(m)).backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_mixed_vsharp_inputs_fill_rim_and_xsim_loss(tmp_path):
+    """data.vsharp_frac: a deterministic share of the items gets V-SHARP inputs, the rest the true local
+    field; a fill_rim VN is trained on the whole mask with the XSIM term (logged as loss_xsim)."""
+    from nextqsm_training.train import make_dataset, uses_vsharp
+
+    assert [uses_vsharp(i, 0.5) for i in range(6)] == [True, False, True, False, True, True]
+    assert all(uses_vsharp(i, 1.0) for i in range(5)) and not any(uses_vsharp(i, 0.0) for i in range(5))
+    cfg = tiny_config(tmp_path / "r", phase1_steps=3, phase2_steps=0, train_bfr=False, train_baseline=False,
+                      xsim_weight=0.05)
+    cfg.model.vn["fill_rim"] = True
+    cfg.data.vn_input, cfg.data.vsharp_frac, cfg.data.size = "vsharp", 0.5, 24
+    cfg.data.kwargs = {"voxel_size": [4.0, 4.0, 4.0]}
+    ds = make_dataset(cfg.data, "train")
+    for i in range(3):
+        it = ds[i]
+        same = torch.equal(it["vn_mask"], it["mask"]) and torch.equal(it["vn_field"], it["local_field"] * it["mask"])
+        assert same != uses_vsharp(i, 0.5)
+    fit(cfg)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "r" / "train.csv")))
+    assert rows and all(0.0 < float(r["loss_xsim"]) <= 2.0 for r in rows)

@@ -42,7 +42,8 @@ class DataConfig:
     (``None`` = in memory only). ``vn_input``: what the VN is trained on in phase 1: ``'local'``
     (the true local field, the paper's choice) or ``'vsharp'`` (V-SHARP of the total field on its
     eroded mask: what the VN receives in the ``bfr=vsharp`` pipeline, errors of the background
-    removal included).
+    removal included); ``vsharp_frac`` < 1 gives V-SHARP inputs to that fraction of the items only
+    (the others keep the true local field; see ``train.uses_vsharp``).
     """
 
     source: str = "hybrid"
@@ -56,6 +57,7 @@ class DataConfig:
     val_kwargs: dict = field(default_factory=dict)
     cache_dir: str | None = None
     vn_input: str = "local"
+    vsharp_frac: float = 1.0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class TrainConfig:
     seed: int = 0
     train_baseline: bool = True
     demean_loss: bool = True
+    xsim_weight: float = 0.0    # > 0: add xsim_weight * (1 - XSIM) (differentiable, train.xsim_loss) to the chi loss
     device: str = "auto"
     train_bfr: bool = True      # False: the background U-Net stays as initialised (VN-only fine-tuning)
     init_from: str | None = None  # checkpoint whose model weights start a fresh run (ignored on --resume)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nextqsm.dipole import forward_field
 from nextqsm.models.vn import ScaledUNet, VariationalNetwork
@@ -113,12 +114,19 @@ class MakePairDataset:
         return {**{k: t(d[k])[None] for k in KEYS}, "voxel_size": t(d["voxel_size"]), "b0_dir": t(d["b0_dir"])}
 
 
+def uses_vsharp(i: int, frac: float) -> bool:
+    """Whether item ``i`` gets a V-SHARP input when a fraction ``frac`` of the items should: the
+    golden-ratio sequence ``(i * 0.618...) mod 1 < frac`` (deterministic, evenly spread for any n)."""
+    return frac >= 1.0 or (frac > 0.0 and (i * 0.6180339887498949) % 1.0 < frac)
+
+
 class VSharpInputs:
     """Adds ``vn_field`` / ``vn_mask``: V-SHARP (``nextqsm.methods.vsharp``, default radii) of each
-    item's total field and its eroded mask, i.e. what the VN gets in the ``bfr=vsharp`` pipeline."""
+    item's total field and its eroded mask, i.e. what the VN gets in the ``bfr=vsharp`` pipeline.
+    With ``frac`` < 1 only those items (:func:`uses_vsharp`); the others get the true local field."""
 
-    def __init__(self, ds):
-        self.ds = ds
+    def __init__(self, ds, frac: float = 1.0):
+        self.ds, self.frac = ds, float(frac)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -127,13 +135,17 @@ class VSharpInputs:
         from nextqsm.methods.vsharp import vsharp
 
         item = dict(self.ds[i])
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
+        if not uses_vsharp(i, self.frac):
+            m = np.asarray(item["mask"])[0]
+            item["vn_field"], item["vn_mask"] = t(np.asarray(item["local_field"])[0] * m), t(m)
+            return item
         vs = tuple(float(v) for v in np.asarray(item["voxel_size"]).ravel())
         tf = np.asarray(item["total_field"])[0]
         m = np.asarray(item["mask"])[0] > 0
         lf, m2 = vsharp(tf, m, vs)
         if m2.sum() < 64:   # V-SHARP ate the mask (tiny patch): fall back to the true local field
             lf, m2 = np.asarray(item["local_field"])[0], m
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
         item["vn_field"], item["vn_mask"] = t(lf * m2), t(m2)
         return item
 
@@ -191,7 +203,8 @@ def make_dataset(data_cfg, split: str = "train"):
                             "use 'hybrid', 'make_pair' or 'toy'")
     tag = f"{split}_{data_cfg.source}_{data_cfg.size}_{seed}"
     if data_cfg.vn_input == "vsharp":
-        ds, tag = VSharpInputs(ds), tag + "_vsharp"
+        frac = float(data_cfg.vsharp_frac)
+        ds, tag = VSharpInputs(ds, frac), tag + ("_vsharp" if frac >= 1.0 else f"_vsharp{frac:g}")
     elif data_cfg.vn_input != "local":
         from nextqsm.errors import QSMInputError
 
@@ -309,12 +322,30 @@ def l1(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, demean: bool = True) -
     return (d.abs().sum(dim=(1, 2, 3, 4)) / n.flatten()).mean()
 
 
+def xsim_loss(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """1 - XSIM of ``a`` against ``b`` (ppm, (B, 1, ...)) inside mask ``m``: the differentiable twin of
+    :func:`nextqsm.metrics.xsim` (5^3 windows truncated at the edges, L = 1 ppm, K1 = 0.01,
+    K2 = 0.001), averaged over the batch. Computed in float32."""
+    a, b, m = a.float(), b.float(), m.float()
+    c1, c2 = 1e-4, 1e-6
+    pool = lambda v: F.avg_pool3d(v, 5, stride=1, padding=2, count_include_pad=False)  # noqa: E731
+    mu_a, mu_b = pool(a), pool(b)
+    va = pool(a * a) - mu_a ** 2
+    vb = pool(b * b) - mu_b ** 2
+    cov = pool(a * b) - mu_a * mu_b
+    s = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
+    n = m.sum(dim=(1, 2, 3, 4)).clamp_min(1.0)
+    return (1.0 - (s * m).sum(dim=(1, 2, 3, 4)) / n).mean()
+
+
 class Bundle(nn.Module):
     """All trained networks: ``bfr`` and ``vn`` (NeXtQSM) and ``base_inv`` (baseline inversion)."""
 
-    def __init__(self, model_cfg, checkpointing: bool = False, baseline: bool = True, train_bfr: bool = True):
+    def __init__(self, model_cfg, checkpointing: bool = False, baseline: bool = True, train_bfr: bool = True,
+                 xsim_weight: float = 0.0):
         super().__init__()
         self.train_bfr = train_bfr
+        self.xsim_weight = float(xsim_weight)
         self.bfr = ScaledUNet(model_cfg.bfr, checkpointing)
         self.vn = VariationalNetwork(**model_cfg.vn, checkpointing=checkpointing)
         self.base_inv = ScaledUNet(model_cfg.baseline_inv, checkpointing) if baseline else None
@@ -329,11 +360,15 @@ class Bundle(nn.Module):
             out["loss_lf"] = m.new_zeros(())
         if phase == 1:
             mv = b.get("vn_mask", m)   # the VN's input: true local field, or V-SHARP's (data.vn_input)
-            chi_hat = self.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"])
-            out["loss_chi"] = l1(chi_hat, b["chi"] * mv, mv, demean)
+            mo = m if self.vn.fill_rim else mv   # fill_rim: chi is predicted (and scored) on the whole mask
+            chi_hat = self.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"], out_mask=mo)
         else:
+            mo = m
             chi_hat = self.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
-            out["loss_chi"] = l1(chi_hat, b["chi"], m, demean)
+        out["loss_chi"] = l1(chi_hat, b["chi"] * mo, mo, demean)
+        if self.xsim_weight > 0:
+            out["loss_xsim"] = xsim_loss(chi_hat, b["chi"] * mo, mo)
+            out["loss_chi"] = out["loss_chi"] + self.xsim_weight * out["loss_xsim"]
         loss = out["loss_lf"] + out["loss_chi"]
         if self.base_inv is not None:
             out["loss_base"] = l1(self.base_inv(b["local_field"], m), b["chi"], m, demean)
@@ -427,10 +462,11 @@ def validate(bundle: Bundle, base_bfr: Optional[nn.Module], val_ds, device) -> d
         lf_hat = bundle.bfr(b["total_field"], m)
         chi_hat = bundle.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
         mv = b.get("vn_mask", m)
-        chi_vn = bundle.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"])
+        mo = m if bundle.vn.fill_rim else mv
+        chi_vn = bundle.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"], out_mask=mo)
         np_ = lambda t: t[0, 0].float().cpu().numpy()
         ref, mk = np_(b["chi"]), np_(m) > 0
-        e2e, vn = score(np_(chi_hat), ref, mk), score(np_(chi_vn), ref, np_(mv) > 0)
+        e2e, vn = score(np_(chi_hat), ref, mk), score(np_(chi_vn), ref, np_(mo) > 0)
         r = {"nrmse": e2e["nrmse"], "xsim": e2e["xsim"], "nrmse_vn": vn["nrmse"], "xsim_vn": vn["xsim"],
              "xsim_ref_vn": vn["xsim_ref"], "nrmse_lf": score(np_(lf_hat), np_(b["local_field"]), mk)["nrmse"]}
         if bundle.base_inv is not None:
@@ -471,7 +507,7 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
     np.random.seed(tc.seed)
     random.seed(tc.seed)
 
-    bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline, tc.train_bfr).to(device)
+    bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline, tc.train_bfr, tc.xsim_weight).to(device)
     base_bfr: Optional[nn.Module] = None
     fast = {"vn.rho", "vn.lam_gain"}   # step sizes and their noise gains (noise_cond)
     rho = [p for n, p in bundle.named_parameters() if n in fast]

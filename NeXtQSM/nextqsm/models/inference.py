@@ -69,7 +69,8 @@ def _check(inp: QSMInput) -> None:
 
 
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
-         overlap, max_voxels, method: str, bfr: Optional[str] = "unet") -> QSMResult:
+         overlap, max_voxels, method: str, bfr: Optional[str] = "unet",
+         out_mask: Optional[np.ndarray] = None) -> QSMResult:
     import torch
 
     from .vn import VariationalNetwork
@@ -92,7 +93,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
         t_vsharp = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
-                   margin, pad, tile, overlap, max_voxels, method)
+                   margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0)
         res.timings["vsharp"] = t_vsharp
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = "vsharp"
@@ -105,9 +106,13 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     if isinstance(inv, VariationalNetwork) and pad is not None:
         inv.pad = pad
     timings = {"load": time.perf_counter() - t0}
-    sl = bbox(inp.mask, margin)
+    # a fill_rim VN predicts chi on out_mask (the brain mask) from the field on inp.mask (V-SHARP's eroded mask)
+    om = out_mask if (out_mask is not None and getattr(inv, "fill_rim", False)) else None
+    final_mask = inp.mask if om is None else (om | (np.asarray(inp.mask) > 0))
+    sl = bbox(final_mask, margin)
     field = np.ascontiguousarray(inp.field[sl])
     mask = inp.mask[sl]
+    omask = None if om is None else final_mask[sl]
     nvox = int(np.prod(field.shape))
 
     def attempt(dev: str):
@@ -118,6 +123,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
                     net.tile = (int(tile or 128), int(overlap))
         f = torch.from_numpy(field)[None, None].to(dev)
         m = torch.from_numpy(mask.astype(np.float32))[None, None].to(dev)
+        om_t = None if omask is None else torch.from_numpy(omask.astype(np.float32))[None, None].to(dev)
         t = {}
         cuda = dev.startswith("cuda")
         sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -136,7 +142,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
                 lf = f * m
             report(progress, 0.4, "dipole inversion")
             ts = time.perf_counter()
-            chi = iv(lf, m, inp.voxel_size, inp.b0_dir) if isinstance(iv, VariationalNetwork) else iv(lf, m)
+            chi = (iv(lf, m, inp.voxel_size, inp.b0_dir, out_mask=om_t) if isinstance(iv, VariationalNetwork)
+                   else iv(lf, m))
             sync()
             t["inversion"] = time.perf_counter() - ts
         return chi[0, 0].float().cpu().numpy(), lf[0, 0].float().cpu().numpy(), t
@@ -157,11 +164,13 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     lf = np.zeros(inp.field.shape, np.float32)
     chi[sl] = chi_c
     lf[sl] = lf_c
-    chi *= inp.mask
+    chi *= final_mask
     lf *= inp.mask
     timings["total"] = time.perf_counter() - t0
     report(progress, 1.0, "done")
-    return QSMResult(chi=chi, method=method, mask=inp.mask, local_field=lf, timings=timings, device=dev, params=params)
+    if om is not None:
+        params["fill_rim"] = True
+    return QSMResult(chi=chi, method=method, mask=final_mask, local_field=lf, timings=timings, device=dev, params=params)
 
 
 def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
@@ -178,7 +187,8 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
         tile / overlap / max_voxels: U-Net calls are tiled with cubes of ``tile`` voxels (default 128
             when the crop exceeds ``max_voxels``) and ``overlap`` voxels of context.
         bfr: 'unet' (NeXtQSM's background U-Net) or 'vsharp' (classical V-SHARP, then the VN; the
-            result's mask is then V-SHARP's eroded mask). ``None``: the manifest's ``defaults.bfr``,
+            result's mask is V-SHARP's eroded mask, or the whole input mask when the VN was trained to
+            fill the eroded rim, ``fill_rim``). ``None``: the manifest's ``defaults.bfr``,
             else 'unet'. Only used for ``inp.kind == 'total'``.
     Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
     """

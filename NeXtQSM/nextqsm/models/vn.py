@@ -170,11 +170,13 @@ class VariationalNetwork(nn.Module):
         init: 'field' (x0 = local field) or 'tkd' (x0 = TKD of the local field, ``tkd_threshold``).
         lambda_max: optional smooth upper bound of the step sizes (see :attr:`lambdas`).
         noise_cond: condition the regulariser and the step sizes on :func:`cone_energy` (module doc).
+        fill_rim: trained to also predict chi in a rim around the data mask (``out_mask`` of
+            :meth:`forward`): the voxels V-SHARP erodes, where the local field is unknown.
     """
 
     def __init__(self, steps: int = 6, unet: dict | None = None, lambda_init: float = 0.1, pad=None,
                  checkpointing: bool = False, init: str = "field", tkd_threshold: float = 0.19,
-                 lambda_max: float | None = None, noise_cond: bool = False):
+                 lambda_max: float | None = None, noise_cond: bool = False, fill_rim: bool = False):
         super().__init__()
         unet = dict(unet or {})
         in_ch = 2 if noise_cond else 1   # chi (+ the noise-level map)
@@ -191,6 +193,9 @@ class VariationalNetwork(nn.Module):
         self.noise_cond = bool(noise_cond)
         if noise_cond:
             self.config["noise_cond"] = True
+        self.fill_rim = bool(fill_rim)
+        if fill_rim:
+            self.config["fill_rim"] = True
         self.lambda_max = None if lambda_max is None else float(lambda_max)
         self.init = init
         self.tkd_threshold = float(tkd_threshold)
@@ -237,8 +242,11 @@ class VariationalNetwork(nn.Module):
         return dipole_conv(f * m, inv) * m
 
     def forward(self, field: torch.Tensor, mask: torch.Tensor, voxel_size: Vec3s = (1.0, 1.0, 1.0),
-                b0_dir: Vec3s = (0.0, 0.0, 1.0), kernel: torch.Tensor | None = None) -> torch.Tensor:
-        """field: local field (B, 1, i, j, k) ppm; mask (B, 1, i, j, k) {0,1}; returns chi (B, 1, i, j, k) ppm.
+                b0_dir: Vec3s = (0.0, 0.0, 1.0), kernel: torch.Tensor | None = None,
+                out_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """field: local field (B, 1, i, j, k) ppm; mask (B, 1, i, j, k) {0,1}, where the field is known
+        (the data term's mask); returns chi (B, 1, i, j, k) ppm, zero outside ``out_mask`` (default
+        ``mask``; a larger one, e.g. the brain mask around V-SHARP's eroded mask, for a ``fill_rim`` VN).
 
         voxel_size (mm) and b0_dir (unit, voxel axes) are one 3-vector or one per sample (B, 3).
         """
@@ -258,7 +266,7 @@ class VariationalNetwork(nn.Module):
             inp = torch.cat([x, cmap], dim=1) if self.noise_cond else x
             r = _call(self.reg, inp, self.checkpointing and self.training, self.tile)
             x = x - lam[:, t].view(-1, 1, 1, 1, 1) * g - r
-        return x * s * m
+        return x * s * (m if out_mask is None else out_mask.to(field.dtype))
 
 
 def _grow_unconditioned(module: "VariationalNetwork", state_dict: dict, prefix: str, *unused) -> None:
