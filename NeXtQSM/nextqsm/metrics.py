@@ -80,9 +80,12 @@ def hfen(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, sigma: float = 1.5) -
     return 100.0 * float(np.linalg.norm(lx[m] - lr[m])) / d if d > 1e-30 else math.nan
 
 
+XSIM_C1, XSIM_C2 = (0.01 * 1.0) ** 2, (0.001 * 1.0) ** 2   # (K1 L)^2, (K2 L)^2 with L = 1 ppm
+
+
 def xsim(x: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     """XSIM (Milovic et al. 2024): SSIM with 5x5x5 windows, L=1, K1=0.01, K2=0.001, truncated at edges."""
-    c1, c2 = (0.01 * 1.0) ** 2, (0.001 * 1.0) ** 2
+    c1, c2 = XSIM_C1, XSIM_C2
     a = x.astype(np.float64)
     b = ref.astype(np.float64)
 

@@ -326,8 +326,9 @@ def xsim_loss(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor
     """1 - XSIM of ``a`` against ``b`` (ppm, (B, 1, ...)) inside mask ``m``: the differentiable twin of
     :func:`nextqsm.metrics.xsim` (5^3 windows truncated at the edges, L = 1 ppm, K1 = 0.01,
     K2 = 0.001), averaged over the batch. Computed in float32."""
+    from nextqsm.metrics import XSIM_C1 as c1, XSIM_C2 as c2
+
     a, b, m = a.float(), b.float(), m.float()
-    c1, c2 = 1e-4, 1e-6
     pool = lambda v: F.avg_pool3d(v, 5, stride=1, padding=2, count_include_pad=False)  # noqa: E731
     mu_a, mu_b = pool(a), pool(b)
     va = pool(a * a) - mu_a ** 2
@@ -336,6 +337,14 @@ def xsim_loss(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor
     s = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
     n = m.sum(dim=(1, 2, 3, 4)).clamp_min(1.0)
     return (1.0 - (s * m).sum(dim=(1, 2, 3, 4)) / n).mean()
+
+
+def vn_inputs(vn: VariationalNetwork, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(field, data mask, output mask) of the VN's phase-1 input: ``vn_field``/``vn_mask`` (data.vn_input)
+    or the true local field and mask; a ``fill_rim`` VN predicts chi on the whole mask."""
+    m = b["mask"]
+    mv = b.get("vn_mask", m)
+    return b.get("vn_field", b["local_field"]), mv, (m if vn.fill_rim else mv)
 
 
 class Bundle(nn.Module):
@@ -359,9 +368,8 @@ class Bundle(nn.Module):
         else:
             out["loss_lf"] = m.new_zeros(())
         if phase == 1:
-            mv = b.get("vn_mask", m)   # the VN's input: true local field, or V-SHARP's (data.vn_input)
-            mo = m if self.vn.fill_rim else mv   # fill_rim: chi is predicted (and scored) on the whole mask
-            chi_hat = self.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"], out_mask=mo)
+            f, mv, mo = vn_inputs(self.vn, b)   # true local field, or V-SHARP's (data.vn_input)
+            chi_hat = self.vn(f, mv, b["voxel_size"], b["b0_dir"], out_mask=mo)
         else:
             mo = m
             chi_hat = self.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
@@ -461,9 +469,8 @@ def validate(bundle: Bundle, base_bfr: Optional[nn.Module], val_ds, device) -> d
         m = b["mask"]
         lf_hat = bundle.bfr(b["total_field"], m)
         chi_hat = bundle.vn(lf_hat, m, b["voxel_size"], b["b0_dir"])
-        mv = b.get("vn_mask", m)
-        mo = m if bundle.vn.fill_rim else mv
-        chi_vn = bundle.vn(b.get("vn_field", b["local_field"]), mv, b["voxel_size"], b["b0_dir"], out_mask=mo)
+        f, mv, mo = vn_inputs(bundle.vn, b)
+        chi_vn = bundle.vn(f, mv, b["voxel_size"], b["b0_dir"], out_mask=mo)
         np_ = lambda t: t[0, 0].float().cpu().numpy()
         ref, mk = np_(b["chi"]), np_(m) > 0
         e2e, vn = score(np_(chi_hat), ref, mk), score(np_(chi_vn), ref, np_(mo) > 0)
