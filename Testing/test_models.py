@@ -368,3 +368,29 @@ def test_fill_rim_vn_predicts_the_eroded_rim(weights_dir, tmp_path):
     assert (np.abs(res.chi[mask & ~plain.mask]) > 0).mean() > 0.9 and (res.chi[~mask] == 0).all()
     local = run("nextqsm", QSMInput(field=lf, mask=mask, kind="local"), weights_dir=d, device="cpu")
     assert (local.mask == mask).all() and "fill_rim" not in local.params
+
+
+def test_flip_tta_solves_each_flipped_problem_with_its_own_b0(weights_dir):
+    """tta=2 = mean of the plain VN result and the flipped-back result of the i-flipped problem, whose
+    B0 has its i component negated; that is the flip law of the dipole forward model itself."""
+    b0 = np.array([0.3, 0.0, 1.0]) / np.hypot(0.3, 1.0)
+    chi, lf, mask = toy(20, b0=tuple(b0))
+    fb0 = (-b0[0], b0[1], b0[2])
+    # the physics the flip relies on: D_flipped-b0 * flip(chi) == flip(D * chi) (exact on odd grids; on
+    # even ones the unpaired Nyquist plane leaves ~0.2 %); keeping B0 unflipped would be badly wrong
+    ref = forward_field(chi, (1, 1, 1), tuple(b0))[::-1]
+    scale = np.abs(ref).max()
+    assert np.abs(forward_field(chi[::-1].copy(), (1, 1, 1), fb0) - ref).max() < 5e-3 * scale
+    assert np.abs(forward_field(chi[::-1].copy(), (1, 1, 1), tuple(b0)) - ref).max() > 0.3 * scale
+    inp = QSMInput(field=lf, mask=mask, kind="local", voxel_size=(1.0, 1.0, 1.0), b0_dir=tuple(b0))
+    one = run("nextqsm", inp, weights_dir=weights_dir, device="cpu")
+    two = run("nextqsm", inp, weights_dir=weights_dir, device="cpu", tta=2)
+    flipped = QSMInput(field=lf[::-1].copy(), mask=mask[::-1].copy(), kind="local", voxel_size=(1.0, 1.0, 1.0),
+                       b0_dir=fb0)
+    back = run("nextqsm", flipped, weights_dir=weights_dir, device="cpu").chi[::-1]
+    assert two.params["tta"] == 2 and not np.allclose(two.chi, one.chi)
+    np.testing.assert_allclose(two.chi, 0.5 * (one.chi + back), atol=1e-5 * np.abs(one.chi).max())
+    four = run("nextqsm", inp, weights_dir=weights_dir, device="cpu", tta=4)
+    assert np.isfinite(four.chi).all() and four.chi.shape == one.chi.shape
+    with pytest.raises(QSMInputError, match="tta"):
+        run("nextqsm", inp, weights_dir=weights_dir, tta=3)

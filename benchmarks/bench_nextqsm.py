@@ -40,6 +40,7 @@ def metrics(x, ref, mask) -> dict:
 
 
 WEIGHTS_DIR = None  # set by --weights-dir (default: the shipped weights)
+NEXTQSM_PARAMS: dict = {}  # set by --nextqsm-param KEY=VALUE (e.g. tta=4)
 
 
 def run_method(name, inp, **kw):
@@ -47,6 +48,8 @@ def run_method(name, inp, **kw):
 
     if name in ("nextqsm", "unet-baseline") and WEIGHTS_DIR:
         kw.setdefault("weights_dir", WEIGHTS_DIR)
+    if name == "nextqsm":
+        kw = {**NEXTQSM_PARAMS, **kw}
     t = time.perf_counter()
     res = run(name, inp, **kw)
     return res, time.perf_counter() - t
@@ -264,6 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["nextqsm", "unet-baseline", *CLASSICAL])
     ap.add_argument("--reuse", default=None, help="JSON of an earlier run: keep its results for methods not rerun")
     ap.add_argument("--weights-dir", default=None, help="weights folder (default: the shipped weights)")
+    ap.add_argument("--nextqsm-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra parameter for every nextqsm run, e.g. tta=4 (integers and floats are converted)")
     ap.add_argument("--bfr", default=None, choices=["unet", "vsharp"], help="background removal for the speed runs")
     ap.add_argument("--speed-one", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -274,6 +279,11 @@ def main(argv=None) -> int:
 
     global WEIGHTS_DIR
     WEIGHTS_DIR = args.weights_dir
+    for kv in args.nextqsm_param:
+        from nextqsm.cli import _parse_param
+
+        k, v = _parse_param(kv)
+        NEXTQSM_PARAMS[k] = v
     torch.set_num_threads(args.threads)
     log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)
     methods, skipped = available(args.methods)

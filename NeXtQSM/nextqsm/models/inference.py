@@ -24,6 +24,8 @@ Device: ``device='auto'`` (or ``inp.device``) uses CUDA when available; a CUDA
 out-of-memory error falls back to the CPU (reported in ``result.device`` and
 ``result.params['fallback']``). Large volumes are processed with the U-Net calls tiled
 (``tile`` voxels per side, overlap ``overlap``) while the FFT data term stays global.
+Test-time flips (``tta`` = 2, 4 or 8): the VN runs on flipped copies of its input (B0 flipped with
+them) and the flipped-back results are averaged; off by default (N times the VN's time).
 Everything runs under ``torch.inference_mode``. channels-last is not used (measured slower
 on the CPU: a 64^3 U-Net forward took 1.0 s vs 0.53 s). Inference stays float32, with cuDNN's TF32
 turned off (a whole-head case takes well under a second on an H200: ``benchmarks/results_gpu.md``).
@@ -70,7 +72,7 @@ def _check(inp: QSMInput) -> None:
 
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
          overlap, max_voxels, method: str, bfr: Optional[str] = "unet",
-         out_mask: Optional[np.ndarray] = None) -> QSMResult:
+         out_mask: Optional[np.ndarray] = None, tta: int = 1) -> QSMResult:
     import torch
 
     from .vn import VariationalNetwork
@@ -84,6 +86,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         bfr = load_manifest(weights_dir).get("defaults", {}).get("bfr", "unet")
     if bfr not in ("unet", "vsharp"):
         raise QSMInputError("bfr", f"unknown background removal {bfr!r}", "use 'unet' (default) or 'vsharp'")
+    if int(tta) not in FLIP_COUNTS:
+        raise QSMInputError("tta", f"must be one of {FLIP_COUNTS}, got {tta!r}", "use 1 (off), 2, 4 or 8 flips")
     if bfr == "vsharp" and inp.kind == "total":  # classical background removal, then the networks' inversion
         from dataclasses import replace
 
@@ -93,7 +97,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
         t_vsharp = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
-                   margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0)
+                   margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta)
         res.timings["vsharp"] = t_vsharp
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = "vsharp"
@@ -142,14 +146,16 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
                 lf = f * m
             report(progress, 0.4, "dipole inversion")
             ts = time.perf_counter()
-            chi = (iv(lf, m, inp.voxel_size, inp.b0_dir, out_mask=om_t) if isinstance(iv, VariationalNetwork)
-                   else iv(lf, m))
+            if isinstance(iv, VariationalNetwork):
+                chi = _flip_average(iv, lf, m, om_t, inp.voxel_size, inp.b0_dir, int(tta))
+            else:
+                chi = iv(lf, m)
             sync()
             t["inversion"] = time.perf_counter() - ts
         return chi[0, 0].float().cpu().numpy(), lf[0, 0].float().cpu().numpy(), t
 
     params = {"margin": margin, "pad": pad, "tile": tile, "crop_shape": list(field.shape), "weights": [bfr_name, inv_name],
-              "bfr": bfr if inp.kind == "total" else None}
+              "bfr": bfr if inp.kind == "total" else None, "tta": int(tta)}
     try:
         chi_c, lf_c, t = attempt(dev)
     except torch.OutOfMemoryError:
@@ -173,9 +179,35 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     return QSMResult(chi=chi, method=method, mask=final_mask, local_field=lf, timings=timings, device=dev, params=params)
 
 
+#: Test-time augmentation: numbers of flips averaged, and the flipped axes (of i, j, k) in order of use.
+FLIP_COUNTS = (1, 2, 4, 8)
+FLIPS = ((), (0,), (1,), (0, 1), (2,), (0, 2), (1, 2), (0, 1, 2))
+
+
+def _flip_average(vn, field, mask, out_mask, voxel_size, b0_dir, n: int):
+    """Mean of the VN's chi over the first ``n`` :data:`FLIPS` of its input (each flipped back).
+
+    A flip of voxel axis a maps the dipole field of chi to the field of the flipped chi with the B0
+    direction's component a negated (the kernel depends on (k . b)^2 only), so every flipped problem is
+    solved with its own exact kernel; the learned regulariser is not flip-equivariant, and averaging
+    reduces its variance. Shapes (1, 1, i, j, k); ppm in, ppm out.
+    """
+    b0 = np.asarray(b0_dir, dtype=np.float64).reshape(3)
+    acc = None
+    for axes in FLIPS[:n]:
+        dims = [2 + a for a in axes]
+        fl = (lambda t: t.flip(dims)) if axes else (lambda t: t)
+        b = b0.copy()
+        b[list(axes)] *= -1.0
+        chi = fl(vn(fl(field), fl(mask), voxel_size, tuple(b),
+                    out_mask=None if out_mask is None else fl(out_mask)))
+        acc = chi if acc is None else acc + chi
+    return acc / float(n)
+
+
 def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                 pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
-                max_voxels: int = 24_000_000, bfr: Optional[str] = None, **unknown) -> QSMResult:
+                max_voxels: int = 24_000_000, bfr: Optional[str] = None, tta: int = 1, **unknown) -> QSMResult:
     """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
 
     Args:
@@ -190,11 +222,13 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
             result's mask is V-SHARP's eroded mask, or the whole input mask when the VN was trained to
             fill the eroded rim, ``fill_rim``). ``None``: the manifest's ``defaults.bfr``,
             else 'unet'. Only used for ``inp.kind == 'total'``.
+        tta: test-time augmentation: the VN's chi averaged over 1 (off), 2, 4 or 8 flips of the voxel
+            axes (:func:`_flip_average`); costs ``tta`` VN runs.
     Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
     """
     _check_unused(unknown, "nextqsm")
     return _run(inp, ("nextqsm-bfr", "nextqsm-vn"), progress, weights_dir, device, margin, pad, tile, overlap,
-                max_voxels, "nextqsm", bfr)
+                max_voxels, "nextqsm", bfr, tta=tta)
 
 
 def run_unet_baseline(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
