@@ -118,9 +118,6 @@ def pack(ckpt: Path, name: str, drop_base_bfr: bool) -> None:
     log(f"packed {ckpt} (step {st['step']}) -> {name}.pt ({len(data) / 2 ** 20:.1f} MiB)")
 
 
-PREFETCH = 4  # DataLoader prefetch_factor in nextqsm_training.train.batches
-
-
 def sec_per_step(run_dir: Path, skip: int = 10) -> float:
     """Median seconds per step over the logged intervals after step ``skip``."""
     rows = list(csv.DictReader(open(run_dir / "train.csv")))
@@ -151,10 +148,12 @@ def train(args) -> None:
     else:
         cal = config("/tmp/runs/calibrate")
         cal.train.log_every, cal.train.val_every, cal.train.ckpt_every = 5, 10 ** 9, 10 ** 9
-        # The first PREFETCH * workers steps come from batches the workers made while the model
+        # The first PREFETCH_FACTOR * workers steps come from batches the workers made while the model
         # started: timing only those measured 0.073 s/step where the run then went at 0.21 (H200,
         # 14 workers, V-SHARP inputs). Time the steps after the queue has drained.
-        queued = PREFETCH * max(cal.train.workers, 0) + 10
+        from nextqsm_training.train import PREFETCH_FACTOR
+
+        queued = PREFETCH_FACTOR * max(cal.train.workers, 0) + 10
         n_cal = queued + 25
         try:
             fit(cal, max_steps=n_cal)

@@ -293,6 +293,10 @@ def _label_sources(ds) -> list:
     return []
 
 
+#: batches each DataLoader worker makes ahead (scripts/gpu_lease.py times its calibration after them)
+PREFETCH_FACTOR = 4
+
+
 def batches(ds, start: int, end: int, rank: int, world: int, tc, seed: int, aug: bool, device):
     """Batches of steps ``start..end-1`` on ``device``: exactly :func:`get_batch`'s, made ahead by
     ``tc.workers`` processes (each generates whole items; the order is kept)."""
@@ -306,7 +310,7 @@ def batches(ds, start: int, end: int, rank: int, world: int, tc, seed: int, aug:
         src.load()                # label maps loaded once here, shared by the forked workers
     loader = torch.utils.data.DataLoader(
         _StepItems(ds, seed, aug), batch_size=tc.batch_size, sampler=_StepSampler(start, end, rank, world, tc.batch_size),
-        num_workers=tc.workers, collate_fn=_collate, worker_init_fn=_worker_init, prefetch_factor=4,
+        num_workers=tc.workers, collate_fn=_collate, worker_init_fn=_worker_init, prefetch_factor=PREFETCH_FACTOR,
         pin_memory=device.type == "cuda")
     for b in loader:
         yield {k: v.to(device, non_blocking=True) for k, v in b.items()}

@@ -86,7 +86,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         bfr = load_manifest(weights_dir).get("defaults", {}).get("bfr", "unet")
     if bfr not in ("unet", "vsharp"):
         raise QSMInputError("bfr", f"unknown background removal {bfr!r}", "use 'unet' (default) or 'vsharp'")
-    if int(tta) not in FLIP_COUNTS:
+    if tta not in FLIP_COUNTS:
         raise QSMInputError("tta", f"must be one of {FLIP_COUNTS}, got {tta!r}", "use 1 (off), 2, 4 or 8 flips")
     if bfr == "vsharp" and inp.kind == "total":  # classical background removal, then the networks' inversion
         from dataclasses import replace
