@@ -43,6 +43,20 @@ def test_cuda_inference_matches_cpu(weights_dir):
     assert np.abs(g.chi - c.chi).max() <= 1e-3 * max(np.abs(c.chi).max(), 1e-6)
 
 
+
+def test_vsharp_on_cuda_matches_numpy(weights_dir):
+    """The default total-field pipeline runs V-SHARP with torch FFTs on the GPU: same result as numpy."""
+    from nextqsm.methods.vsharp import vsharp
+    from nextqsm.pipeline import run
+
+    inp = _inp()
+    a, ea = vsharp(inp.field, inp.mask)
+    b, eb = vsharp(inp.field, inp.mask, device="cuda")
+    assert np.array_equal(ea, eb) and np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1e-9)
+    res = run("nextqsm", inp, weights_dir=weights_dir, device="cuda", bfr="vsharp")
+    assert res.params["vsharp_device"] == "cuda" and "vsharp_fallback" not in res.params
+
+
 def test_amp_training_step_and_resume_on_cuda(tmp_path):
     from nextqsm_training.config import from_dict
     from nextqsm_training.train import fit

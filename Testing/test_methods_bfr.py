@@ -76,6 +76,18 @@ def test_vsharp_removes_external_background(vs, b0):
     assert np.linalg.norm(bg_left[eroded]) < 0.15 * np.linalg.norm(local[eroded])
 
 
+
+def test_vsharp_torch_backend_matches_numpy():
+    """device= runs the same steps with torch FFTs (the GPU path of NeXtQSM's inference): same eroded
+    mask, same field to float32 round-off; here on the CPU, on CUDA in test_gpu.py."""
+    chi, local, mask, g, R = phantom(40, (1.0, 1.0, 2.0), OBLIQUE)
+    total = local + background(g, R, OBLIQUE)
+    a, ea = vsharp(total, mask, (1.0, 1.0, 2.0))
+    b, eb = vsharp(total, mask, (1.0, 1.0, 2.0), device="cpu")
+    assert b.dtype == np.float32 and eb.dtype == bool and np.array_equal(ea, eb)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
 def test_vsharp_erodes_by_the_smallest_radius():
     mask = np.zeros((40, 40, 40), bool)
     mask[8:32, 6:34, 10:30] = True

@@ -24,6 +24,8 @@ Device: ``device='auto'`` (or ``inp.device``) uses CUDA when available; a CUDA
 out-of-memory error falls back to the CPU (reported in ``result.device`` and
 ``result.params['fallback']``). Large volumes are processed with the U-Net calls tiled
 (``tile`` voxels per side, overlap ``overlap``) while the FFT data term stays global.
+With ``bfr='vsharp'`` on CUDA, V-SHARP runs with torch FFTs on the GPU (numpy on the CPU if that
+fails: ``result.params['vsharp_fallback']``).
 Test-time flips (``tta`` = 2, 4 or 8): the VN runs on flipped copies of its input (B0 flipped with
 them) and the flipped-back results are averaged; off by default (N times the VN's time).
 Everything runs under ``torch.inference_mode``. channels-last is not used (measured slower
@@ -94,13 +96,26 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         from ..methods.vsharp import vsharp
 
         report(progress, 0.05, "background-field removal (V-SHARP)")
-        local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
+        vdev = pick_device(device or inp.device)
+        vsharp_note = None
+        if vdev.startswith("cuda"):   # torch FFTs on the GPU; numpy/scipy on the CPU if that fails
+            try:
+                local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size, device=vdev)
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                torch.cuda.empty_cache()
+                vsharp_note = f"V-SHARP on {vdev} failed ({type(exc).__name__}); ran on the CPU"
+                vdev = "cpu"
+        if not vdev.startswith("cuda"):
+            local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
         t_vsharp = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
                    margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta)
         res.timings["vsharp"] = t_vsharp
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = "vsharp"
+        res.params["vsharp_device"] = vdev
+        if vsharp_note:
+            res.params["vsharp_fallback"] = vsharp_note
         return res
     dev = pick_device(device or inp.device)
     report(progress, 0.02, "loading weights")
