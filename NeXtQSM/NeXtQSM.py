@@ -79,6 +79,7 @@ class NeXtQSMParameterNode:
     useVSharpL2: bool = False
     useTKD: bool = False
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    nextqsmFlips: Annotated[str, Choice(["1", "2", "4", "8"])] = "1"
     roiNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
 
 
@@ -212,7 +213,8 @@ class NeXtQSMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.phaseVolume, p.maskNode, p.magnitudeVolume, methods=methods, phase_units=p.phaseUnits,
                 te_ms=p.echoTimesMs, b0_t=p.b0Tesla,
                 b0_dir=self.logic.parseVector(p.b0Direction) if p.overrideB0Direction else None,
-                device=p.device, field_kind=p.fieldKind, progress=self._onProgress)
+                device=p.device, field_kind=p.fieldKind, progress=self._onProgress,
+                method_params=self.logic.methodParams(methods, nextqsmFlips=int(p.nextqsmFlips)))
             self.ui.progressBar.value = 0
             self.ui.stageLabel.text = "starting the worker..."
             self._timer.start()
@@ -312,6 +314,11 @@ class NeXtQSMLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("PyTorch is needed for " + ", ".join(self.needsTorch(methods))
                                + ": install the PyTorch extension (PyTorchUtils)")
         return self.core.run(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)
+
+    @staticmethod
+    def methodParams(methods, nextqsmFlips: int = 1) -> dict:
+        """Per-method parameters from the GUI's options: NeXtQSM's test-time flips (``tta``; 1 = off)."""
+        return {"nextqsm": {"tta": int(nextqsmFlips)}} if "nextqsm" in methods and int(nextqsmFlips) > 1 else {}
 
     def start(self, phaseNode, maskNode=None, magnitudeNode=None, methods=("nextqsm",), **kwargs):
         return self.core.start(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)
