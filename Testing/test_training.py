@@ -219,11 +219,13 @@ def test_vn_fine_tuning_on_vsharp_inputs(tmp_path):
 
 def test_gpu_lease_script_dry_run(tmp_path):
     """scripts/gpu_lease.py (the bounded session on a lent GPU) runs end to end on the CPU (--dry-run):
-    trains within its budget and packs a model-only checkpoint in <= 15 MiB chunks that join back."""
+    trains within its budget and packs a model-only checkpoint (here the average of the last snapshots)
+    in <= 15 MiB chunks that join back."""
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "NEXTQSM_LABEL_CACHE": str(tmp_path / "labels")}
     p = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_lease.py"), "--dry-run", "--budget", "25",
-                        "--reserve", "5", "--sec-per-step", "1.0", "--skip", "tests", "--out-dir", str(tmp_path / "run")],
+                        "--reserve", "5", "--sec-per-step", "1.0", "--skip", "tests", "--out-dir", str(tmp_path / "run"),
+                        "--average", "3"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     log = (out / "log.txt").read_text()
@@ -233,6 +235,8 @@ def test_gpu_lease_script_dry_run(tmp_path):
     (tmp_path / "p1.pt").write_bytes(b"".join(c.read_bytes() for c in chunks))
     st = torch.load(tmp_path / "p1.pt", weights_only=False)
     assert st["step"] > 0 and "vn.rho" in st["model"] and (out / "runlogs.tar.gz").exists()
+    # --average 3: the packed phase end is the mean of the phase's last three weight snapshots
+    assert "averaging" in log and len(st["metrics"]["averaged_steps"]) == 3 and st["metrics"]["averaged_steps"][-1] == st["step"]
 
 
 def test_csv_log_keeps_columns_when_a_resumed_run_logs_more(tmp_path):
@@ -295,3 +299,34 @@ def test_mixed_vsharp_inputs_fill_rim_and_xsim_loss(tmp_path):
 
     rows = list(csv.DictReader(open(tmp_path / "r" / "train.csv")))
     assert rows and all(0.0 < float(r["loss_xsim"]) <= 2.0 for r in rows)
+
+
+def test_snapshots_and_checkpoint_average(tmp_path):
+    """train.snapshot_every keeps the weights every N steps; `nextqsm-train average` (a real subprocess)
+    writes their uniform mean, which `export` turns into loadable weights; other architectures are refused."""
+    from nextqsm.models.weights import load_model
+
+    cfg = tiny_config(tmp_path / "run", phase1_steps=3, phase2_steps=0, snapshot_every=1)
+    fit(cfg)
+    snaps = sorted((tmp_path / "run" / "snapshots").glob("step_*.pt"))
+    assert [p.name for p in snaps] == ["step_0000001.pt", "step_0000002.pt", "step_0000003.pt"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "NeXtQSM"), str(REPO / "NeXtQSMTraining")])}
+    cmd = [sys.executable, "-m", "nextqsm_training.cli", "average", *map(str, snaps), "--out", str(tmp_path / "avg.pt")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["averaged_steps"] == [1, 2, 3]
+    sts = [torch.load(s, weights_only=False)["model"] for s in snaps]
+    avg = torch.load(tmp_path / "avg.pt", weights_only=False)
+    for k, v in avg["model"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, sum(st[k] for st in sts) / 3, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(sts[0]["vn.reg.enc.0.0.weight"], sts[2]["vn.reg.enc.0.0.weight"])  # they did differ
+    export_checkpoint(tmp_path / "avg.pt", tmp_path / "w")
+    vn = load_model("nextqsm-vn", tmp_path / "w")
+    torch.testing.assert_close(vn.state_dict()["rho"], avg["model"]["vn.rho"])
+    other = tiny_config(tmp_path / "other", phase1_steps=1, phase2_steps=0, snapshot_every=1)
+    other.model.vn["steps"] = 3
+    fit(other)
+    p = subprocess.run(cmd[:-2] + [str(tmp_path / "other" / "snapshots" / "step_0000001.pt"), "--out",
+                                   str(tmp_path / "bad.pt")], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "another architecture" in p.stderr and not (tmp_path / "bad.pt").exists()

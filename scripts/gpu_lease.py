@@ -13,7 +13,8 @@ Stages (each logged with its wall time to ``$OUT/log.txt``; a failing stage does
 4. a calibration of ``configs/gpu_lease.yaml``: seconds per step, measured after the DataLoader's
    prefetch queue (``4 * workers`` batches) has drained, so slow data generation is counted;
 5. phase 1 then phase 2 with step counts that end inside ``--budget`` (cosine schedule over them);
-   the end of each phase is packed as ``p1.pt`` / ``p2.pt`` model-only checkpoints split into
+   the end of each phase (or with ``--average K`` the mean of its last K weight snapshots) is packed as
+   ``p1.pt`` / ``p2.pt`` model-only checkpoints split into
    15 MiB chunks (``cat p1.pt.* > p1.pt`` joins them; ``p2``'s baseline background U-Net is ``p1``'s);
 6. the training logs as ``$OUT/runlogs.tar.gz``.
 
@@ -125,6 +126,20 @@ def sec_per_step(run_dir: Path, skip: int = 10) -> float:
     return sorted(vals)[len(vals) // 2]
 
 
+def phase_end(run_dir: Path, k: int, after: int) -> Path:
+    """What to pack at the end of a phase: ``last.pt``, or with ``k`` > 1 the uniform average of the
+    phase's last ``k`` snapshots (steps > ``after``; ``nextqsm_training.train.average_checkpoints``)."""
+    from nextqsm_training.train import average_checkpoints
+
+    snaps = sorted((run_dir / "snapshots").glob("step_*.pt"))
+    snaps = [s for s in snaps if int(s.stem.split("_")[1]) > after][-k:] if k > 1 else []
+    if len(snaps) < 2:
+        return run_dir / "last.pt"
+    out = run_dir / f"average_after_{after}.pt"
+    log(f"averaging {[s.name for s in snaps]} -> {out.name}: {average_checkpoints(snaps, out)}")
+    return out
+
+
 @stage("training")
 def train(args) -> None:
     import torch
@@ -176,17 +191,19 @@ def train(args) -> None:
     cfg.train.phase1_steps, cfg.train.phase2_steps = p1, n - p1
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(n // 10, 1))
     cfg.train.val_every = args.val_every or max(n // 8, 10)
+    if args.average > 1:   # snapshots for averaging the end of each phase (2 per averaged span)
+        cfg.train.snapshot_every = max(n // (4 * args.average), 1)
     cfg.train.max_minutes = left / 60.0
     log(f"{sps:.3f} s/step on {'cuda' if torch.cuda.is_available() else 'cpu'}; "
         f"{left:.0f} s left for training -> phase 1 {p1} + phase 2 {n - p1} steps; init_from {cfg.train.init_from}")
     r1 = fit(cfg, max_steps=p1)
     log(f"phase 1: {json.dumps(r1, default=str)[:2000]}")
-    pack(Path(cfg.out_dir) / "last.pt", "p1", drop_base_bfr=True)
+    pack(phase_end(Path(cfg.out_dir), args.average, 0), "p1", drop_base_bfr=True)
     if n - p1 > 0:
         cfg.train.max_minutes = max(args.budget - (time.time() - T0) - 25, 10) / 60.0
         r2 = fit(cfg, resume=True)
         log(f"phase 2: {json.dumps(r2, default=str)[:2000]}")
-        pack(Path(cfg.out_dir) / "last.pt", "p2", drop_base_bfr=True)
+        pack(phase_end(Path(cfg.out_dir), args.average, p1), "p2", drop_base_bfr=True)
 
 
 def save_logs(run_dir: Path) -> None:
@@ -209,6 +226,8 @@ def main() -> int:
     ap.add_argument("--sec-per-step", type=float, default=None, help="skip the calibration: use this step time")
     ap.add_argument("--init-from", default=None, help="checkpoint (model weights) to start from; fresh schedule")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
+    ap.add_argument("--average", type=int, default=1,
+                    help="pack the uniform average of each phase's last K weight snapshots instead of its last step")
     ap.add_argument("--val-every", type=int, default=None, help="validation interval in steps (default: 1/8 of the run)")
     ap.add_argument("--bench-weights", default=None, help="checkpoint to export and benchmark on the GPU too")
     args = ap.parse_args()

@@ -78,6 +78,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     checkpointing: bool = False
     ckpt_every: int = 50
+    snapshot_every: int = 0     # > 0: also keep the model weights every N steps (OUT/snapshots/, for averaging)
     val_every: int = 200
     log_every: int = 10
     threads: int = 2

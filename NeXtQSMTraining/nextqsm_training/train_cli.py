@@ -1,4 +1,4 @@
-"""`nextqsm-train fit` and `nextqsm-train export` (registered by ``nextqsm_training.cli``)."""
+"""`nextqsm-train fit`, `export` and `average` (registered by ``nextqsm_training.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,18 @@ def register(subparsers) -> None:
     e.add_argument("--weights-dir", default=None, help="target folder (default: the shipped nextqsm/models/weights)")
     e.add_argument("--data", default="", help="free text describing the training data for the manifest")
     e.set_defaults(func=_export)
+
+    a = subparsers.add_parser("average", help="uniform average of checkpoints' model weights (then `export` it)")
+    a.add_argument("checkpoints", nargs="+", help="fit checkpoints or OUT/snapshots/step_*.pt of one run")
+    a.add_argument("--out", required=True, help="averaged model-only checkpoint to write")
+    a.set_defaults(func=_average)
+
+
+def _average(args: argparse.Namespace) -> int:
+    from .train import average_checkpoints
+
+    print(json.dumps(average_checkpoints(args.checkpoints, args.out)))
+    return 0
 
 
 def _fit(args: argparse.Namespace) -> int:
