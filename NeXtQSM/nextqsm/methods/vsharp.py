@@ -105,8 +105,12 @@ def vsharp(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1
         import torch
 
         xp = torch
-        to = lambda a: torch.from_numpy(np.ascontiguousarray(a, a.dtype if a.dtype == bool else np.float32)).to(device)  # noqa: E731
-        to_numpy = lambda t: t.cpu().numpy()  # noqa: E731
+
+        def to(a: np.ndarray):   # masks stay bool, everything else float32
+            return torch.from_numpy(np.ascontiguousarray(a, bool if a.dtype == bool else np.float32)).to(device)
+
+        def to_numpy(t):
+            return t.cpu().numpy()
 
         def rfft(x):
             return torch.fft.rfftn(x)

@@ -97,15 +97,16 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
 
         report(progress, 0.05, "background-field removal (V-SHARP)")
         vdev = pick_device(device or inp.device)
+        cuda = vdev.startswith("cuda")
         vsharp_note = None
-        if vdev.startswith("cuda"):   # torch FFTs on the GPU; numpy/scipy on the CPU if that fails
-            try:
-                local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size, device=vdev)
-            except (RuntimeError, torch.OutOfMemoryError) as exc:
-                torch.cuda.empty_cache()
-                vsharp_note = f"V-SHARP on {vdev} failed ({type(exc).__name__}); ran on the CPU"
-                vdev = "cpu"
-        if not vdev.startswith("cuda"):
+        try:   # torch FFTs on the GPU, numpy/scipy on the CPU (and after a GPU failure)
+            local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size, device=vdev if cuda else None)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not cuda:
+                raise
+            torch.cuda.empty_cache()
+            vsharp_note = f"V-SHARP on {vdev} failed ({type(exc).__name__}); ran on the CPU"
+            vdev = "cpu"
             local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
         t_vsharp = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
