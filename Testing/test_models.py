@@ -85,6 +85,41 @@ def test_vn_data_term_is_the_analytic_gradient():
     assert torch.allclose(vn.data_grad(x.detach(), f, m, k), x.grad, atol=1e-4)
 
 
+def test_vn_outside_weight_data_term(tmp_path):
+    """outside_weight w: the data term weighs the mask 1, the rim between the data mask and out_mask 0
+    (field unknown there) and the rest of the grid w (field zero there); its gradient is the exact
+    gradient of 0.5 sum W (D x - f)^2; the setting changes the solution and survives save/load."""
+    shape = (14, 12, 13)
+    m = torch.zeros(1, 1, *shape)
+    m[..., 4:10, 4:8, 4:9] = 1
+    om = torch.zeros_like(m)
+    om[..., 3:11, 3:9, 3:10] = 1
+    vn = VariationalNetwork(steps=2, unet=TINY, fill_rim=True, outside_weight=0.5)
+    w = vn.data_weights(m, om)
+    assert torch.equal(w[m > 0], torch.ones(int(m.sum())))
+    assert torch.equal(w[(om > 0) & (m == 0)], torch.zeros(int(om.sum() - m.sum())))
+    assert torch.equal(w[om == 0], torch.full((int((om == 0).sum()),), 0.5))
+    assert torch.equal(VariationalNetwork(steps=1, unet=TINY).data_weights(m, om), m)  # w = 0: mask only
+    k = batch_kernels(shape, (1, 1, 1.5), (0.3, 0, 1), 1)
+    x = torch.randn(1, 1, *shape, requires_grad=True)
+    f = torch.randn(1, 1, *shape) * m
+    (0.5 * (w * (dipole_conv(x, k) - f) ** 2).sum()).backward()
+    assert torch.allclose(vn.data_grad(x.detach(), f, w, k), x.grad, atol=1e-4)
+    # same weights, with and without the outside term: different chi (the term acts)
+    plain = VariationalNetwork(steps=2, unet=TINY, fill_rim=True)
+    plain.load_state_dict(vn.state_dict())
+    _, lf, mask = toy(16)
+    with torch.no_grad():
+        assert not torch.allclose(plain(t5(lf), t5(mask)), vn(t5(lf), t5(mask)), atol=1e-6)
+    save_model(vn, "nextqsm-vn", tmp_path)
+    back = load_model("nextqsm-vn", tmp_path)
+    assert back.outside_weight == 0.5
+    with torch.no_grad():
+        assert torch.equal(back(t5(lf), t5(mask)), vn.eval()(t5(lf), t5(mask)))
+    with pytest.raises(ValueError, match="outside_weight"):
+        VariationalNetwork(steps=1, unet=TINY, outside_weight=2.0)
+
+
 def test_vn_shapes_lambdas_and_gradient_flow():
     vn = VariationalNetwork(steps=3, unet=TINY)
     assert torch.allclose(vn.lambdas, torch.full((3,), 0.1), atol=1e-6)

@@ -41,6 +41,21 @@ def test_config_yaml_round_trip_and_unknown_keys(tmp_path):
         assert c.model.vn["steps"] == 6 and c.train.phase1_steps > 0
 
 
+def test_every_shipped_config_loads_and_builds():
+    """Each config in configs/ parses, names only generator options that exist, and builds its VN."""
+    from nextqsm.models.vn import VariationalNetwork
+    from nextqsm_training.simulate import DEFAULTS
+
+    paths = sorted((REPO / "NeXtQSMTraining" / "nextqsm_training" / "configs").glob("*.yaml"))
+    assert len(paths) >= 10
+    for p in paths:
+        c = load_config(p)
+        for kw in (c.data.kwargs, c.data.val_kwargs):
+            for item in (kw or {}).get("cycle", [kw or {}]):
+                assert not set(item) - set(DEFAULTS), (p.name, set(item) - set(DEFAULTS))
+        VariationalNetwork(**c.model.vn)
+
+
 def test_augmentation_preserves_the_physics():
     """Flipped/transposed chi with the transformed B0 and voxel size gives the transformed field.
 

@@ -104,11 +104,13 @@ def bench_heads(heads, size, methods, noise_var, log, reuse: dict | None = None)
                                     b0_dir=tuple(h["b0_dir"]))
                 noisy_in = QSMInput(field=noisy, mask=mask, kind=kind, voxel_size=tuple(h["voxel_size"]),
                                     b0_dir=tuple(h["b0_dir"]))
-                for m in ("nextqsm", "unet-baseline"):
-                    if m not in methods:
+                for m in ("nextqsm", "nextqsm:unet", "unet-baseline"):   # nextqsm:unet = the paper's pipeline
+                    if m not in methods or (kind == "local" and ":" in m):
                         continue
-                    c = metrics(run_method(m, clean_in)[0].chi, h["chi"], mask)["nrmse"]
-                    n = metrics(run_method(m, noisy_in)[0].chi, h["chi"], mask)["nrmse"]
+                    name, _, variant = m.partition(":")
+                    kw = {"bfr": variant} if variant else {}
+                    c = metrics(run_method(name, clean_in, **kw)[0].chi, h["chi"], mask)["nrmse"]
+                    n = metrics(run_method(name, noisy_in, **kw)[0].chi, h["chi"], mask)["nrmse"]
                     nrow[f"{m} ({kind})"] = {"noise_std_ppm": round(sd, 5), "clean": c, "noisy": n,
                                              "rise": round(n - c, 3)}
             out["noise"].append(nrow)

@@ -9,7 +9,9 @@ Measures (writes ``benchmarks/results_diag_challenge.md``):
 * NeXtQSM's VN (``--input local``) on the measured field, on D * COSMOS, and on D * COSMOS plus
   white noise of r's RMS, each also after a Gaussian post-blur of chi (NRMSE % vs COSMOS);
 * the project's closed-form gradient-regularised L2 inversion (``nextqsm.methods.l2``) over its
-  weight lam: how far plain linear regularisation goes on this data.
+  weight lam: how far plain linear regularisation goes on this data;
+* where the errors lie in k-space: the VN's and unweighted TV's (``nextqsm.methods.tv``) error per
+  band of |k| (cycles/voxel), inside the magic cone (|D| < 0.1) and outside it, as % of COSMOS's energy.
 
     .venv/bin/python benchmarks/diag_challenge.py [--weights-dir DIR]
 """
@@ -26,6 +28,28 @@ from scipy import ndimage as ndi
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "qsm2016_challenge"
 VOXEL = (1.0625, 1.0625, 1.0714286)
+
+
+BANDS = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 1.0))
+
+
+def band_errors(x: np.ndarray, ref: np.ndarray, m: np.ndarray, cone: float = 0.1) -> list[tuple[float, float]]:
+    """Error of ``x`` against ``ref`` (both demeaned in the mask, zero outside) per band of |k|
+    (:data:`BANDS`, cycles/voxel), (inside the magic cone |D| < ``cone``, outside), in % of ref's
+    energy: the squares of all cells sum to the demeaned NRMSE squared. B0 along the last axis."""
+    def dm(v):
+        v = np.where(m, v - v[m].mean(), 0.0)
+        return v
+    E, R = np.fft.fftn(dm(x) - dm(ref)), np.fft.fftn(dm(ref))
+    K = np.meshgrid(*[np.fft.fftfreq(n) for n in m.shape], indexing="ij")
+    kk = np.sqrt(sum(q ** 2 for q in K)) + 1e-12
+    in_cone = np.abs(1.0 / 3.0 - (K[2] / kk) ** 2) < cone
+    norm = (np.abs(R) ** 2).sum()
+    out = []
+    for lo, hi in BANDS:
+        b = (kk >= lo) & (kk < hi)
+        out.append(tuple(100 * np.sqrt((np.abs(E[b & c]) ** 2).sum() / norm) for c in (in_cone, ~in_cone)))
+    return out
 
 
 def main(argv=None) -> int:
@@ -70,6 +94,17 @@ def main(argv=None) -> int:
     L += ["", "Closed-form gradient-regularised L2 (`nextqsm.methods.l2.l2_inversion`) on the measured field, "
           "NRMSE % vs COSMOS: " + ", ".join(
               f"lam {lam}: {nrmse(l2_inversion(lf, m, VOXEL, lam=lam), cos, m):.1f}" for lam in (0.003, 0.01, 0.03, 0.1, 0.3))]
+    from nextqsm.methods.tv import tv_admm
+
+    tv = np.asarray(tv_admm(lf, m, VOXEL))
+    vn = run("nextqsm", QSMInput(field=lf.astype(np.float32), mask=m, kind="local", voxel_size=VOXEL,
+                                 b0_dir=(0.0, 0.0, 1.0)), **kw).chi
+    L += ["", f"Error by k-space band, % of COSMOS's energy (NRMSE: VN {nrmse(vn, cos, m):.1f}, "
+          f"unweighted TV {nrmse(tv, cos, m):.1f}); each cell: inside the cone / outside it", "",
+          "| band of the k magnitude, cycles/voxel | " + " | ".join(f"{lo}-{hi}" for lo, hi in BANDS) + " |", "|---|" + "---|" * len(BANDS)]
+    for name, x in (("VN", vn), ("TV", tv)):
+        b = band_errors(x, cos, m)
+        L.append(f"| {name} | " + " | ".join(f"{b[i][0]:.1f} / {b[i][1]:.1f}" for i in range(len(BANDS))) + " |")
     Path(args.out).write_text("\n".join(L) + "\n")
     print("\n".join(L))
     return 0
