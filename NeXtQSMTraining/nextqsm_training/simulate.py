@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from nextqsm.dipole import padded_shape
 
@@ -118,53 +119,53 @@ def forward_fields(chis: torch.Tensor, voxel_size: Sequence[float], b0_dir: Sequ
     """D * chi for a batch (B, i, j, k) with zero padding, via real FFTs and the core's dipole kernel
     (:func:`nextqsm.dipole.dipole_kernel_torch`, D(0) = 0). Equal to
     :func:`nextqsm.dipole.forward_field_torch` up to float rounding, half the cost."""
-    import torch.nn.functional as F
-
     shape = chis.shape[-3:]
-    pshape = padded_shape(shape, pad)
-    pshape = tuple(p + (p % 2) for p in pshape)          # even sizes: clean rfft Nyquist plane
+    pshape, widths, crop = _fft_grid(shape, pad)
+    k = half_kernel(pshape, voxel_size, b0_dir, device=chis.device)
+    f = torch.fft.irfftn(torch.fft.rfftn(F.pad(chis, widths), dim=(-3, -2, -1)) * k, s=pshape, dim=(-3, -2, -1))
+    return f[(...,) + crop]
+
+
+def _fft_grid(shape: Sequence[int], pad) -> tuple[tuple[int, ...], list[int], tuple[slice, ...]]:
+    """Zero-padded FFT grid of the forward models: even padded shape (clean rfft Nyquist plane),
+    ``F.pad`` widths (last axis first) and the slices that crop it back to ``shape``."""
+    pshape = tuple(p + (p % 2) for p in padded_shape(shape, pad))
     before = [(t - n) // 2 for n, t in zip(shape, pshape)]
-    widths = []
+    widths: list[int] = []
     for b, n, t in reversed(list(zip(before, shape, pshape))):
         widths += [b, t - n - b]
-    xp = F.pad(chis, widths)
-    k = half_kernel(pshape, voxel_size, b0_dir, device=chis.device)
-    f = torch.fft.irfftn(torch.fft.rfftn(xp, dim=(-3, -2, -1)) * k, s=pshape, dim=(-3, -2, -1))
-    return f[..., before[0]:before[0] + shape[0], before[1]:before[1] + shape[1], before[2]:before[2] + shape[2]]
+    return pshape, widths, tuple(slice(b, b + n) for b, n in zip(before, shape))
 
 
 def anisotropy_field(dchi: torch.Tensor, fibres: torch.Tensor, voxel_size: Sequence[float],
                      b0_dir: Sequence[float], pad: int | Sequence[int] | None) -> torch.Tensor:
-    """Field (ppm, (i, j, k)) of the traceless anisotropic susceptibility dchi (n n^T - I/3).
+    """Field (ppm, (i, j, k)) of the traceless anisotropic susceptibility X = dchi (n n^T - I/3).
 
     ``dchi`` (i, j, k) ppm: chi_par - chi_perp per voxel; ``fibres`` (3, i, j, k): unit fibre
-    directions in voxel axes. STI forward model (Liu, MRM 2010), zero-padded FFTs:
+    directions in voxel axes. STI forward model (Liu, MRM 2010) on the grid of :func:`forward_fields`:
     f(k) = sum_ij X_ij(k) (b_i b_j / 3 - (b.k) k_i b_j / |k|^2), f(0) = 0. For X = chi I this is the
     dipole model D chi; for the traceless X here the mean susceptibility (the QSM target) is unchanged.
+    Six FFTs (X is symmetric).
     """
     from nextqsm.dipole import _unit
 
     b = [float(v) for v in _unit(b0_dir)]
-    shape = dchi.shape
-    pshape = tuple(p + (p % 2) for p in padded_shape(shape, pad))   # the grid of :func:`forward_fields`
-    before = [(t - n) // 2 for n, t in zip(shape, pshape)]
-    ks = []
-    for ax, (n, d) in enumerate(zip(pshape, voxel_size)):
-        ks.append(torch.fft.fftfreq(int(n), d=float(d), device=dchi.device).to(torch.float32)
-                  .view([-1 if a == ax else 1 for a in range(3)]))
+    pshape, widths, crop = _fft_grid(dchi.shape, pad)
+    ks = [torch.fft.fftfreq(int(n), d=float(d), device=dchi.device).to(torch.float32)
+          .view([-1 if a == ax else 1 for a in range(3)]) for ax, (n, d) in enumerate(zip(pshape, voxel_size))]
     k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
     k2[0, 0, 0] = 1.0
     bk = (b[0] * ks[0] + b[1] * ks[1] + b[2] * ks[2]) / k2
     total = torch.zeros(pshape, dtype=torch.complex64, device=dchi.device)
     for i in range(3):
-        for j in range(3):
+        for j in range(i, 3):
             x = dchi * (fibres[i] * fibres[j] - (1.0 / 3.0 if i == j else 0.0))
-            xp = torch.zeros(pshape, dtype=torch.float32, device=dchi.device)
-            xp[before[0]:before[0] + shape[0], before[1]:before[1] + shape[1], before[2]:before[2] + shape[2]] = x
-            total += torch.fft.fftn(xp) * (b[i] * b[j] / 3.0 - bk * ks[i] * b[j])
+            w = b[i] * b[j] / 3.0 - bk * ks[i] * b[j]
+            if i != j:   # X_ij = X_ji: both terms of the sum
+                w = w + b[j] * b[i] / 3.0 - bk * ks[j] * b[i]
+            total += torch.fft.fftn(F.pad(x, widths)) * w
     total[0, 0, 0] = 0.0
-    f = torch.fft.ifftn(total).real
-    return f[before[0]:before[0] + shape[0], before[1]:before[1] + shape[1], before[2]:before[2] + shape[2]]
+    return torch.fft.ifftn(total).real[crop]
 
 
 def _choose_grid(rng, vol, size: int, opts) -> tuple[np.ndarray, np.ndarray]:
