@@ -179,7 +179,7 @@ class VariationalNetwork(nn.Module):
             ``1`` is the unweighted form of TV-QSM (Bilgic et al. 2014), which also asks the chi map's
             field to vanish outside the brain; that suppresses smooth chi errors driven by
             non-dipole residuals of real local fields (2016 challenge: TV 57.6 % unweighted vs 61.7 %
-            weighted; benchmarks/results_nextqsm.md).
+            weighted, :mod:`nextqsm.methods.tv`; benchmarks/results_diag_challenge.md).
     """
 
     def __init__(self, steps: int = 6, unet: dict | None = None, lambda_init: float = 0.1, pad=None,
