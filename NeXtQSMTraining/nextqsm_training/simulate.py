@@ -147,12 +147,11 @@ def anisotropy_field(dchi: torch.Tensor, fibres: torch.Tensor, voxel_size: Seque
     dipole model D chi; for the traceless X here the mean susceptibility (the QSM target) is unchanged.
     Six FFTs (X is symmetric).
     """
-    from nextqsm.dipole import _unit
+    from nextqsm.dipole import _unit, kspace_grid
 
     b = [float(v) for v in _unit(b0_dir)]
     pshape, widths, crop = _fft_grid(dchi.shape, pad)
-    ks = [torch.fft.fftfreq(int(n), d=float(d), device=dchi.device).to(torch.float32)
-          .view([-1 if a == ax else 1 for a in range(3)]) for ax, (n, d) in enumerate(zip(pshape, voxel_size))]
+    ks = [torch.from_numpy(k.astype(np.float32)).to(dchi.device) for k in kspace_grid(pshape, voxel_size)]
     k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
     k2[0, 0, 0] = 1.0
     bk = (b[0] * ks[0] + b[1] * ks[1] + b[2] * ks[2]) / k2
