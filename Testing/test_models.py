@@ -11,8 +11,9 @@ from nextqsm.dipole import dipole_kernel_torch, forward_field  # noqa: E402
 from nextqsm.errors import QSMInputError  # noqa: E402
 from nextqsm.geometry import b0_direction, oblique_affine  # noqa: E402
 from nextqsm.models.unet import UNet3D, tiled_apply  # noqa: E402
-from nextqsm.models.vn import (NeXtQSM, ScaledUNet, VariationalNetwork, batch_kernels, dipole_conv,  # noqa: E402
-                               even_padded_shape, half_kernel)
+from nextqsm.models.vn import (NeXtQSM, ScaledUNet, VariationalNetwork, batch_kernels,  # noqa: E402
+                               consistency_step, dipole_conv, even_padded_shape, half_kernel,
+                               highpass_noise)
 from nextqsm.models.weights import WeightsChecksumError, load_model, save_model  # noqa: E402
 from nextqsm.pipeline import QSMInput, run  # noqa: E402
 
@@ -118,6 +119,88 @@ def test_vn_outside_weight_data_term(tmp_path):
         assert torch.equal(back(t5(lf), t5(mask)), vn.eval()(t5(lf), t5(mask)))
     with pytest.raises(ValueError, match="outside_weight"):
         VariationalNetwork(steps=1, unet=TINY, outside_weight=2.0)
+
+
+def test_consistency_step_is_the_exact_minimiser(tmp_path):
+    """consistency_step solves argmin_y ||D y - f||^2 + mu ||y - x||^2 exactly: on an unpadded grid the
+    gradient D (D y - f) + mu (y - x) vanishes; mu -> inf keeps x, small mu fits the field away from
+    the magic cone; it is linear (scale-aware); the VN's dc_mu changes chi, survives save/load, and
+    run_nextqsm(dc_mu=...) overrides it."""
+    shape = (16, 16, 16)
+    k = batch_kernels(shape, (1, 1, 1.5), (0.2, 0, 1), 1, pad=0)
+    assert tuple(k.shape[-3:]) == (16, 16, 9)   # no padding: the crop is the identity
+    g = torch.Generator().manual_seed(0)
+    x, f = torch.randn(1, 1, *shape, generator=g), torch.randn(1, 1, *shape, generator=g)
+    for mu in (0.05, 1.0):
+        y = consistency_step(x, f, k, mu)
+        grad = dipole_conv(dipole_conv(y, k) - f, k) + mu * (y - x)
+        assert grad.abs().max() < 1e-4 * f.abs().max()
+        assert torch.allclose(consistency_step(2 * x, 2 * f, k, mu), 2 * y, atol=1e-5)
+    assert torch.allclose(consistency_step(x, f, k, 1e8), x, atol=1e-5)
+    # a field that is exactly dipolar is reproduced away from the cone when mu is small
+    chi = torch.randn(1, 1, *shape, generator=g)
+    fd = dipole_conv(chi, k)
+    y = consistency_step(torch.zeros_like(chi), fd, k, 1e-4)
+    assert float((dipole_conv(y, k) - fd).norm() / fd.norm()) < 0.01
+    # inside the VN
+    _, lf, mask = toy(16)
+    vn = VariationalNetwork(steps=2, unet=TINY, dc_mu=0.3)
+    assert vn.config["dc_mu"] == 0.3 and "dc_mu" not in VariationalNetwork(steps=1, unet=TINY).config
+    with torch.no_grad():
+        a = vn(t5(lf), t5(mask))
+        vn.dc_mu = 0.0
+        b = vn(t5(lf), t5(mask))
+        vn.dc_mu = 0.3
+    assert not torch.allclose(a, b, atol=1e-6)
+    save_model(vn, "nextqsm-vn", tmp_path)
+    save_model(ScaledUNet(TINY), "nextqsm-bfr", tmp_path)
+    back = load_model("nextqsm-vn", tmp_path)
+    assert back.dc_mu == 0.3
+    with torch.no_grad():
+        assert torch.equal(back(t5(lf), t5(mask)), a)
+    inp = QSMInput(field=lf, mask=mask, kind="local")
+    r0, r3 = run("nextqsm", inp, weights_dir=tmp_path, dc_mu=0.0), run("nextqsm", inp, weights_dir=tmp_path)
+    assert r0.params["dc_mu"] == 0.0 and r3.params["dc_mu"] == 0.3
+    assert not np.allclose(r0.chi, r3.chi, atol=1e-6)
+    with pytest.raises(QSMInputError, match="dc_mu"):
+        run("nextqsm", inp, weights_dir=tmp_path, dc_mu=-1.0)
+    with pytest.raises(ValueError, match="dc_mu"):
+        VariationalNetwork(steps=1, unet=TINY, dc_mu=-0.1)
+
+
+def test_noise_aware_consistency_weight(tmp_path):
+    """highpass_noise matches scipy's Gaussian high-pass MAD, is scale-free and grows with white noise;
+    dc_noise raises the consistency weight only above s0, per sample, and survives save/load."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    smooth = ndi.gaussian_filter(rng.normal(size=(28, 28, 28)), 2.0).astype(np.float32)
+    m = np.zeros(smooth.shape, bool)
+    m[5:23, 5:23, 5:23] = True
+    noise = rng.normal(size=smooth.shape).astype(np.float32) * float(smooth[m].std())
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))[None, None]  # noqa: E731
+    qs = []
+    for level in (0.0, 0.1, 0.3, 1.0):
+        f = (smooth + level * noise) * m
+        q = float(highpass_noise(t(f), t(m)))
+        inner = ndi.binary_erosion(m, np.ones((3, 3, 3)), iterations=2)
+        r = f - ndi.gaussian_filter(f, 1.0, mode="constant")
+        ref = 1.4826 * np.median(np.abs(r[inner] - np.median(r[inner]))) / f[m].std()
+        assert abs(q - ref) < 1e-3 * max(ref, 1e-3)
+        assert abs(float(highpass_noise(t(7 * f), t(m))) - q) < 1e-5
+        qs.append(q)
+    assert qs == sorted(qs) and qs[-1] > 3 * qs[0]
+    vn = VariationalNetwork(steps=1, unet=TINY, dc_mu=0.1, dc_noise=(qs[1], 4.0))
+    fb = torch.cat([t(smooth * m), t((smooth + noise) * m)])
+    mb = torch.cat([t(m), t(m)])
+    mu = vn.consistency_weight(fb, mb)
+    assert mu.shape == (2,) and float(mu[0]) == pytest.approx(0.1)
+    assert float(mu[1]) == pytest.approx(0.1 * (qs[-1] / qs[1]) ** 4, rel=1e-3)
+    save_model(vn, "nextqsm-vn", tmp_path)
+    back = load_model("nextqsm-vn", tmp_path)
+    assert back.dc_noise == (pytest.approx(qs[1]), 4.0) and back.config["dc_noise"] == [qs[1], 4.0]
+    with pytest.raises(ValueError, match="dc_noise"):
+        VariationalNetwork(steps=1, unet=TINY, dc_mu=0.1, dc_noise=(0.0, 2.0))
 
 
 def test_vn_shapes_lambdas_and_gradient_flow():

@@ -28,6 +28,8 @@ With ``bfr='vsharp'`` on CUDA, V-SHARP runs with torch FFTs on the GPU (numpy on
 fails: ``result.params['vsharp_fallback']``).
 Test-time flips (``tta`` = 2, 4 or 8): the VN runs on flipped copies of its input (B0 flipped with
 them) and the flipped-back results are averaged; off by default (N times the VN's time).
+Data consistency (``dc_mu``): the VN's optional final closed-form step towards the measured field
+(:func:`nextqsm.models.vn.consistency_step`, one FFT pair); ``dc_mu=None`` keeps the shipped model's.
 Everything runs under ``torch.inference_mode``. channels-last is not used (measured slower
 on the CPU: a 64^3 U-Net forward took 1.0 s vs 0.53 s). Inference stays float32, with cuDNN's TF32
 turned off (a whole-head case takes well under a second on an H200: ``benchmarks/results_gpu.md``).
@@ -74,7 +76,7 @@ def _check(inp: QSMInput) -> None:
 
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
          overlap, max_voxels, method: str, bfr: Optional[str] = "unet",
-         out_mask: Optional[np.ndarray] = None, tta: int = 1) -> QSMResult:
+         out_mask: Optional[np.ndarray] = None, tta: int = 1, dc_mu: Optional[float] = None) -> QSMResult:
     import torch
 
     from .vn import VariationalNetwork
@@ -90,6 +92,9 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         raise QSMInputError("bfr", f"unknown background removal {bfr!r}", "use 'unet' (default) or 'vsharp'")
     if tta not in FLIP_COUNTS:
         raise QSMInputError("tta", f"must be one of {FLIP_COUNTS}, got {tta!r}", "use 1 (off), 2, 4 or 8 flips")
+    if dc_mu is not None and not (isinstance(dc_mu, (int, float)) and np.isfinite(dc_mu) and dc_mu >= 0):
+        raise QSMInputError("dc_mu", f"must be a finite number >= 0, got {dc_mu!r}",
+                            "use 0 (no consistency step) or a weight such as 0.1-1")
     if bfr == "vsharp" and inp.kind == "total":  # classical background removal, then the networks' inversion
         from dataclasses import replace
 
@@ -110,7 +115,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
             local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
         t_vsharp = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
-                   margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta)
+                   margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta,
+                   dc_mu=dc_mu)
         res.timings["vsharp"] = t_vsharp
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = "vsharp"
@@ -125,6 +131,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     inv = load_model(inv_name, weights_dir)
     if isinstance(inv, VariationalNetwork) and pad is not None:
         inv.pad = pad
+    if isinstance(inv, VariationalNetwork) and dc_mu is not None:
+        inv.dc_mu = float(dc_mu)
     timings = {"load": time.perf_counter() - t0}
     # a fill_rim VN predicts chi on out_mask (the brain mask) from the field on inp.mask (V-SHARP's eroded mask)
     om = out_mask if (out_mask is not None and getattr(inv, "fill_rim", False)) else None
@@ -172,6 +180,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
 
     params = {"margin": margin, "pad": pad, "tile": tile, "crop_shape": list(field.shape), "weights": [bfr_name, inv_name],
               "bfr": bfr if inp.kind == "total" else None, "tta": int(tta)}
+    if isinstance(inv, VariationalNetwork):
+        params["dc_mu"] = inv.dc_mu
     try:
         chi_c, lf_c, t = attempt(dev)
     except torch.OutOfMemoryError:
@@ -223,7 +233,8 @@ def _flip_average(vn, field, mask, out_mask, voxel_size, b0_dir, n: int):
 
 def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                 pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
-                max_voxels: int = 24_000_000, bfr: Optional[str] = None, tta: int = 1, **unknown) -> QSMResult:
+                max_voxels: int = 24_000_000, bfr: Optional[str] = None, tta: int = 1,
+                dc_mu: Optional[float] = None, **unknown) -> QSMResult:
     """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
 
     Args:
@@ -240,11 +251,13 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
             else 'unet'. Only used for ``inp.kind == 'total'``.
         tta: test-time augmentation: the VN's chi averaged over 1 (off), 2, 4 or 8 flips of the voxel
             axes (:func:`_flip_average`); costs ``tta`` VN runs.
+        dc_mu: weight of the VN's final closed-form data-consistency step
+            (:func:`nextqsm.models.vn.consistency_step`; 0 = off); ``None``: the shipped model's value.
     Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
     """
     _check_unused(unknown, "nextqsm")
     return _run(inp, ("nextqsm-bfr", "nextqsm-vn"), progress, weights_dir, device, margin, pad, tile, overlap,
-                max_voxels, "nextqsm", bfr, tta=tta)
+                max_voxels, "nextqsm", bfr, tta=tta, dc_mu=dc_mu)
 
 
 def run_unet_baseline(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
