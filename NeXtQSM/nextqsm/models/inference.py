@@ -92,7 +92,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         raise QSMInputError("bfr", f"unknown background removal {bfr!r}", "use 'unet' (default) or 'vsharp'")
     if tta not in FLIP_COUNTS:
         raise QSMInputError("tta", f"must be one of {FLIP_COUNTS}, got {tta!r}", "use 1 (off), 2, 4 or 8 flips")
-    if dc_mu is not None and not (isinstance(dc_mu, (int, float)) and np.isfinite(dc_mu) and dc_mu >= 0):
+    if dc_mu is not None and (isinstance(dc_mu, bool) or not (isinstance(dc_mu, (int, float)) and np.isfinite(dc_mu) and dc_mu >= 0)):
         raise QSMInputError("dc_mu", f"must be a finite number >= 0, got {dc_mu!r}",
                             "use 0 (no consistency step) or a weight such as 0.1-1")
     if bfr == "vsharp" and inp.kind == "total":  # classical background removal, then the networks' inversion

@@ -176,7 +176,10 @@ def highpass_noise(f: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0, erod
         pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = r
         y = F.conv3d(F.pad(y, pad), g.view(shape))
     hp = f * m - y
-    inner = 1.0 - F.max_pool3d(1.0 - m, 2 * erode + 1, stride=1, padding=erode) if erode else m
+    inner = 1.0 - m
+    for ks in ((2 * erode + 1, 1, 1), (1, 2 * erode + 1, 1), (1, 1, 2 * erode + 1)) if erode else ():
+        inner = F.max_pool3d(inner, ks, stride=1, padding=tuple(k // 2 for k in ks))   # separable: a cube
+    inner = 1.0 - inner
     out = []
     for b in range(f.shape[0]):
         sel = inner[b] > 0.5
