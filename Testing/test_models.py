@@ -124,8 +124,8 @@ def test_vn_outside_weight_data_term(tmp_path):
 def test_consistency_step_is_the_exact_minimiser(tmp_path):
     """consistency_step solves argmin_y ||D y - f||^2 + mu ||y - x||^2 exactly: on an unpadded grid the
     gradient D (D y - f) + mu (y - x) vanishes; mu -> inf keeps x, small mu fits the field away from
-    the magic cone; it is linear (scale-aware); the VN's dc_mu changes chi, survives save/load, and
-    run_nextqsm(dc_mu=...) overrides it."""
+    the magic cone; it is linear (scale-aware); the VN's dc_mu changes chi, survives save/load,
+    run_nextqsm(dc_mu=...) overrides it, and it is off by default after background removal."""
     shape = (16, 16, 16)
     k = batch_kernels(shape, (1, 1, 1.5), (0.2, 0, 1), 1, pad=0)
     assert tuple(k.shape[-3:]) == (16, 16, 9)   # no padding: the crop is the identity
@@ -162,6 +162,11 @@ def test_consistency_step_is_the_exact_minimiser(tmp_path):
     r0, r3 = run("nextqsm", inp, weights_dir=tmp_path, dc_mu=0.0), run("nextqsm", inp, weights_dir=tmp_path)
     assert r0.params["dc_mu"] == 0.0 and r3.params["dc_mu"] == 0.3
     assert not np.allclose(r0.chi, r3.chi, atol=1e-6)
+    # total-field input: off by default after the pipeline's own background removal, on when asked
+    tot = QSMInput(field=lf, mask=mask, kind="total")
+    for bfr in ("unet", "vsharp"):
+        assert run("nextqsm", tot, weights_dir=tmp_path, bfr=bfr).params["dc_mu"] == 0.0
+        assert run("nextqsm", tot, weights_dir=tmp_path, bfr=bfr, dc_mu=0.3).params["dc_mu"] == 0.3
     with pytest.raises(QSMInputError, match="dc_mu"):
         run("nextqsm", inp, weights_dir=tmp_path, dc_mu=-1.0)
     with pytest.raises(ValueError, match="dc_mu"):
