@@ -100,6 +100,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     if dc_mu is not None and (isinstance(dc_mu, bool) or not (isinstance(dc_mu, (int, float)) and np.isfinite(dc_mu) and dc_mu >= 0)):
         raise QSMInputError("dc_mu", f"must be a finite number >= 0, got {dc_mu!r}",
                             "use 0 (no consistency step) or a weight such as 0.1-1")
+    if dc_mu is None and inp.kind == "total":
+        dc_mu = 0.0   # no consistency step after the pipeline's own background removal (module doc)
     if bfr == "vsharp" and inp.kind == "total":  # classical background removal, then the networks' inversion
         from dataclasses import replace
 
@@ -121,7 +123,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         t_vsharp = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
                    margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta,
-                   dc_mu=0.0 if dc_mu is None else dc_mu)   # default: no consistency step after background removal
+                   dc_mu=dc_mu)
         res.timings["vsharp"] = t_vsharp
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = "vsharp"
@@ -138,8 +140,6 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         inv.pad = pad
     if isinstance(inv, VariationalNetwork) and dc_mu is not None:
         inv.dc_mu = float(dc_mu)
-    elif isinstance(inv, VariationalNetwork) and inp.kind == "total":
-        inv.dc_mu = 0.0   # after the background U-Net: no consistency step by default (module doc)
     timings = {"load": time.perf_counter() - t0}
     # a fill_rim VN predicts chi on out_mask (the brain mask) from the field on inp.mask (V-SHARP's eroded mask)
     om = out_mask if (out_mask is not None and getattr(inv, "fill_rim", False)) else None
