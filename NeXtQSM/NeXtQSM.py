@@ -80,6 +80,7 @@ class NeXtQSMParameterNode:
     useTKD: bool = False
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     nextqsmFlips: Annotated[str, Choice(["1", "2", "4", "8"])] = "1"
+    nextqsmRefine: Annotated[str, Choice(["auto", "on", "off"])] = "auto"
     roiNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
 
 
@@ -214,7 +215,8 @@ class NeXtQSMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 te_ms=p.echoTimesMs, b0_t=p.b0Tesla,
                 b0_dir=self.logic.parseVector(p.b0Direction) if p.overrideB0Direction else None,
                 device=p.device, field_kind=p.fieldKind, progress=self._onProgress,
-                method_params=self.logic.methodParams(methods, nextqsmFlips=int(p.nextqsmFlips)))
+                method_params=self.logic.methodParams(methods, nextqsmFlips=int(p.nextqsmFlips),
+                                                     nextqsmRefine=p.nextqsmRefine))
             self.ui.progressBar.value = 0
             self.ui.stageLabel.text = "starting the worker..."
             self._timer.start()
@@ -316,9 +318,11 @@ class NeXtQSMLogic(ScriptedLoadableModuleLogic):
         return self.core.run(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)
 
     @staticmethod
-    def methodParams(methods, nextqsmFlips: int = 1) -> dict:
-        """Per-method parameters from the GUI's options: NeXtQSM's test-time flips (``tta``; 1 = off)."""
-        return {"nextqsm": {"tta": int(nextqsmFlips)}} if "nextqsm" in methods and int(nextqsmFlips) > 1 else {}
+    def methodParams(methods, nextqsmFlips: int = 1, nextqsmRefine: str = "auto") -> dict:
+        """Per-method parameters from the GUI's options (``nextqsm.slicer_logic.nextqsm_params``)."""
+        from nextqsm.slicer_logic import nextqsm_params
+
+        return nextqsm_params(methods, flips=nextqsmFlips, refine=nextqsmRefine)
 
     def start(self, phaseNode, maskNode=None, magnitudeNode=None, methods=("nextqsm",), **kwargs):
         return self.core.start(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)

@@ -16,7 +16,7 @@ from nextqsm import mrml  # noqa: E402
 from nextqsm.errors import QSMInputError  # noqa: E402
 from nextqsm.geometry import b0_direction, oblique_affine  # noqa: E402
 from nextqsm.slicer_logic import (QSMLogic, comparison_layout_xml, describe_device_info,  # noqa: E402
-                                  parse_echo_times_ms, parse_vector)
+                                  nextqsm_params, parse_echo_times_ms, parse_vector)
 
 SHAPE = (32, 32, 28)
 VS = (7.0, 7.0, 7.0)
@@ -206,6 +206,31 @@ def test_helpers():
     assert "torch 2.5" in describe_device_info({"torch": "2.5.1", "cuda_build": "12.4", "gpus": [
         {"name": "H100", "total_mb": 81559, "free_mb": 80000}]})
     assert "PyTorch not found" in describe_device_info({"torch": None})
+
+
+def test_gui_options_reach_nextqsm(las_case):
+    """The module's NeXtQSM options (flips, TV refinement auto/on/off) become run_nextqsm parameters and
+    change the chi the worker returns for a local field."""
+    assert nextqsm_params(["tkd"], flips=8, refine="on") == {}
+    assert nextqsm_params(["nextqsm"]) == {}
+    assert nextqsm_params(["nextqsm", "tkd"], flips="4", refine="off") == {"nextqsm": {"tta": 4, "refine": False}}
+    assert nextqsm_params(["nextqsm"], refine="on") == {"nextqsm": {"refine": True}}
+    with pytest.raises(ValueError, match="refine"):
+        nextqsm_params(["nextqsm"], refine="maybe")
+    pytest.importorskip("torch")
+    ph = las_case["phantom"]
+    d = las_case["dir"]
+    nib.save(nib.Nifti1Image(ph.local_field.astype(np.float32), las_case["affine"]), str(d / "local.nii.gz"))
+    scene = slicer.vtkMRMLScene()
+    local = mrml.load_volume_with_storage_node(scene, d / "local.nii.gz", "local")
+    mask = mrml.load_volume_with_storage_node(scene, d / "mask.nii.gz", "mask", labelmap=True)
+    logic = QSMLogic(scene)
+    chis = []
+    for refine in ("auto", "off"):
+        out = logic.run(local, mask, methods=["nextqsm"], phase_units="ppm", device="cpu", field_kind="local",
+                        method_params=nextqsm_params(["nextqsm"], refine=refine), timeout=300)
+        chis.append(mrml.array_from_volume(out.chi["nextqsm"]).copy())
+    assert np.abs(chis[0]).max() > 0 and not np.allclose(chis[0], chis[1], atol=1e-6)
 
 
 def test_clinician_path_wrapped_phase_and_magnitude_without_mask():

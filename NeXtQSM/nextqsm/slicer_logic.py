@@ -65,6 +65,24 @@ def parse_vector(text: str | Sequence[float] | None) -> Optional[list[float]]:
     return vals
 
 
+def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "auto") -> dict:
+    """Per-method parameters from the module's GUI options, for ``method_params``.
+
+    ``flips``: NeXtQSM's test-time flips (``tta``; 1 = off); ``refine``: 'auto' (the pipeline's default: the TV
+    refinement for a local field given by the user, none after background removal), 'on' or 'off'.
+    """
+    if refine not in ("auto", "on", "off"):
+        raise ValueError(f"refine must be 'auto', 'on' or 'off', got {refine!r}")
+    if "nextqsm" not in methods:
+        return {}
+    p: dict = {}
+    if int(flips) > 1:
+        p["tta"] = int(flips)
+    if refine != "auto":
+        p["refine"] = refine == "on"
+    return {"nextqsm": p} if p else {}
+
+
 def comparison_layout_xml(n_views: int, tag_prefix: str = "NeXtQSM") -> str:
     """Slicer layout XML: two rows (axial, coronal) of ``n_views`` slice views each.
 
