@@ -148,8 +148,13 @@ def bench_challenge(log) -> dict:
     return out
 
 
-def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None = None, bfr: str | None = None) -> dict:
-    """One inference in this process on a synthetic volume of ``shape`` (ellipsoid mask)."""
+def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None = None, bfr: str | None = None,
+              kind: str = "total") -> dict:
+    """One inference in this process on a synthetic volume of ``shape`` (ellipsoid mask).
+
+    ``kind='total'``: white-noise total field (the U-Net / V-SHARP path). ``kind='local'``: the dipole field of a
+    smooth random chi in the mask (the VN, then the TV refinement of a user-supplied local field).
+    """
     import torch
 
     from nextqsm.pipeline import QSMInput, run
@@ -158,8 +163,16 @@ def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None
     c = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
     mask = ((c / np.array([0.85, 0.85, 0.8])[:, None, None, None]) ** 2).sum(0) < 1
     rng = np.random.default_rng(0)
-    field = (0.05 * rng.standard_normal(shape)).astype(np.float32) * mask
-    inp = QSMInput(field=field, mask=mask, kind="total", voxel_size=(1.0, 1.0, 1.0))
+    if kind == "local":
+        from scipy import ndimage as ndi
+
+        from nextqsm.dipole import forward_field
+
+        chi = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 2.0) * mask
+        field = (forward_field(0.1 * chi / chi[mask].std(), (1.0, 1.0, 1.0), (0.0, 0.0, 1.0)) * mask).astype(np.float32)
+    else:
+        field = (0.05 * rng.standard_normal(shape)).astype(np.float32) * mask
+    inp = QSMInput(field=field, mask=mask, kind=kind, voxel_size=(1.0, 1.0, 1.0))
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     res = run("nextqsm", inp, device="cpu", weights_dir=weights_dir, bfr=bfr)
@@ -167,17 +180,19 @@ def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     peak_mb = r1.ru_maxrss / 1024
-    return {"shape": list(shape), "threads": threads, "bfr": res.params.get("bfr"), "seconds": round(total, 1),
+    return {"shape": list(shape), "threads": threads, "input": kind, "bfr": res.params.get("bfr"),
+            "refine": res.params.get("refine"), "seconds": round(total, 1),
             "cpu_seconds": round(cpu, 1),
             "loadavg_1min": round(os.getloadavg()[0], 1),
             "timings": {k: round(v, 2) for k, v in res.timings.items()}, "peak_rss_mb": round(peak_mb),
             "crop": res.params.get("crop_shape")}
 
 
-def bench_speed(shapes, threads, log, weights_dir=None, bfr=None) -> list:
+def bench_speed(shapes, threads, log, weights_dir=None, bfr=None, kind="total") -> list:
     rows = []
     for s in shapes:
-        extra = (["--weights-dir", str(weights_dir)] if weights_dir else []) + (["--bfr", bfr] if bfr else [])
+        extra = (["--weights-dir", str(weights_dir)] if weights_dir else []) + (["--bfr", bfr] if bfr else []) \
+            + ["--speed-input", kind]
         p = subprocess.run([sys.executable, __file__, "--speed-one", *map(str, s), "--threads", str(threads), *extra],
                            capture_output=True, text=True)
         try:
@@ -262,7 +277,9 @@ def write_md(res: dict, path: Path, argv: list[str], weights_dir=None) -> None:
             if "seconds" in r:
                 t = r["timings"]
                 bs = t.get("bfr", t.get("vsharp"))
-                L.append(f"| {r['shape']} | {r.get('bfr', 'unet')} | {r['threads']} | {r['crop']} | {r['seconds']} | "
+                bfr_cell = (f"none (local field in; TV refinement {t.get('refine')} s)" if r.get("input") == "local"
+                            else r.get("bfr", "unet"))
+                L.append(f"| {r['shape']} | {bfr_cell} | {r['threads']} | {r['crop']} | {r['seconds']} | "
                          f"{r.get('cpu_seconds')} | {r.get('loadavg_1min')} | {bs} | {t.get('inversion')} | {r['peak_rss_mb']} |")
             else:
                 L.append(f"| {r['shape']} | error | {r.get('error', '')[:100]} |")
@@ -285,10 +302,12 @@ def main(argv=None) -> int:
     ap.add_argument("--nextqsm-param", action="append", default=[], metavar="KEY=VALUE",
                     help="extra parameter for every nextqsm run, e.g. tta=4 (integers and floats are converted)")
     ap.add_argument("--bfr", default=None, choices=["unet", "vsharp"], help="background removal for the speed runs")
+    ap.add_argument("--speed-input", default="total", choices=["total", "local"],
+                    help="speed runs: total field (default) or a user-supplied local field (VN + TV refinement)")
     ap.add_argument("--speed-one", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.speed_one:
-        print(json.dumps(speed_one(tuple(args.speed_one), args.threads, args.weights_dir, args.bfr)))
+        print(json.dumps(speed_one(tuple(args.speed_one), args.threads, args.weights_dir, args.bfr, args.speed_input)))
         return 0
     import torch
 
@@ -311,7 +330,7 @@ def main(argv=None) -> int:
         res["challenge"] = bench_challenge(log)
     if "speed" in args.only:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-        res["speed"] = bench_speed(shapes, args.threads, log, args.weights_dir, args.bfr)
+        res["speed"] = bench_speed(shapes, args.threads, log, args.weights_dir, args.bfr, args.speed_input)
     elif reuse.get("speed"):
         res["speed"] = reuse["speed"]
         res["speed_note"] = f"speed rows reused from {args.reuse}"
