@@ -14,7 +14,7 @@ from nextqsm.errors import QSMInputError  # noqa: E402
 from nextqsm.methods.l2 import make_grid  # noqa: E402
 from nextqsm.methods.tv import tv_admm  # noqa: E402
 from nextqsm.metrics import nrmse  # noqa: E402
-from nextqsm.models.refine import nondipolar_fraction, refine_weight, tv_refine  # noqa: E402
+from nextqsm.models.refine import DEFAULT_REFINE, nondipolar_fraction, refine_weight, tv_refine  # noqa: E402
 from nextqsm.models.weights import WEIGHTS_DIR, load_manifest  # noqa: E402
 from nextqsm.pipeline import QSMInput, run  # noqa: E402
 
@@ -125,4 +125,10 @@ def test_pipeline_refines_user_local_fields_by_default(tmp_path):
     del man["defaults"]["refine_local"]
     (wd / "manifest.json").write_text(json.dumps(man))
     assert "refine" not in run("nextqsm", inp, weights_dir=wd).params
-    assert run("nextqsm", inp, weights_dir=wd, refine=True).params["refine"]["method"] == "tv"
+    forced_rp = run("nextqsm", inp, weights_dir=wd, refine=True).params["refine"]
+    assert forced_rp["method"] == "tv" and forced_rp["mu"] == DEFAULT_REFINE["mu"]
+    assert forced_rp["l"] == pytest.approx(refine_weight(c, DEFAULT_REFINE["coef"], DEFAULT_REFINE["power"],
+                                                         DEFAULT_REFINE["c_range"]), rel=1e-3)
+    # the shipped manifest carries the same fitted values as the code's fallback
+    assert {k: cfg[k] for k in ("coef", "power", "c_range", "mu")} == \
+        {k: DEFAULT_REFINE[k] for k in ("coef", "power", "c_range", "mu")}

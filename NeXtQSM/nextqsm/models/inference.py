@@ -37,7 +37,7 @@ it), while it helps on well-processed local fields (2016 challenge 69.8 -> 64.6 
 force it either way.
 TV refinement (``refine``, :mod:`nextqsm.models.refine`): a local field given by the user is, by default,
 refined after the VN by TV-regularised inversion with the VN's chi as prior, its TV weight growing with the
-field's non-dipolar (magic-cone) energy; it replaces the consistency step there (2016 challenge 64.6 -> 55.6 %
+field's non-dipolar (magic-cone) energy; it replaces the consistency step there (2016 challenge 64.6 -> 55.5 %
 vs COSMOS). Off after the pipeline's own background removal (same reason as above); ``refine=True`` forces it.
 Everything runs under ``torch.inference_mode``. channels-last is not used (measured slower
 on the CPU: a 64^3 U-Net forward took 1.0 s vs 0.53 s). Inference stays float32, with cuDNN's TF32
@@ -242,13 +242,14 @@ def _refine_config(refine, refine_l, kind: str, inv_name: str, weights_dir) -> O
         return None
     if refine is None and kind == "total":
         return None
+    from .refine import DEFAULT_REFINE
     from .weights import load_manifest
 
     cfg = load_manifest(weights_dir).get("defaults", {}).get("refine_local")
     if cfg is None:
         if refine is None:
             return None
-        cfg = {"coef": 0.2, "power": 1.0, "c_range": [0.03, 0.5], "mu": 0.03}
+        cfg = DEFAULT_REFINE
     cfg = dict(cfg)
     cfg["l"] = None if refine_l is None else float(refine_l)
     return cfg

@@ -23,6 +23,9 @@ import numpy as np
 
 Vec3 = Sequence[float]
 RHO_L = 1.1   # ADMM penalty per unit of l (see tv_refine)
+#: l(c) and mu used when ``refine=True`` is asked for with weights whose manifest has no ``defaults.refine_local``
+#: (the values fitted for the shipped VN, session 10).
+DEFAULT_REFINE = {"method": "tv", "coef": 0.309, "power": 1.03, "c_range": [0.035, 0.516], "mu": 0.03}
 
 
 def nondipolar_fraction(field: np.ndarray, mask: np.ndarray, voxel_size: Vec3, b0_dir: Vec3,
