@@ -417,6 +417,33 @@ def test_manifest_default_bfr(weights_dir, tmp_path):
     assert res.params["bfr"] == "unet"
 
 
+def test_nextqsm_with_lbv_background_removal_and_voxel_size_default(weights_dir, tmp_path):
+    """bfr='lbv': LBV (peel LBV_PEEL) then the VN; the manifest's ``bfr_fine`` picks
+    it for voxels up to ``max_voxel_mm`` and ``bfr`` otherwise; an explicit ``bfr`` always wins."""
+    import shutil
+
+    from nextqsm.models.inference import default_bfr
+    from nextqsm.models.weights import set_defaults
+
+    chi, lf, mask = toy(20)
+    res = run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), weights_dir=weights_dir, device="cpu", bfr="lbv")
+    assert res.params["bfr"] == "lbv" and "lbv" in res.timings and np.isfinite(res.chi).all()
+    assert 0 < res.mask.sum() <= mask.sum()   # LBV's peeled interior, or the whole mask for a fill_rim VN
+    fine = {"bfr": "vsharp", "bfr_fine": {"bfr": "lbv", "max_voxel_mm": 1.5}}
+    assert default_bfr(fine, (1.0, 1.0, 1.0)) == "lbv" and default_bfr(fine, (1.5, 1.5, 1.5)) == "lbv"
+    assert default_bfr(fine, (1.0, 1.0, 2.0)) == "vsharp" and default_bfr({}, (1, 1, 1)) == "unet"
+    d = tmp_path / "w"
+    shutil.copytree(weights_dir, d)
+    set_defaults(d, **fine)
+    for vs, want in (((1.0, 1.0, 1.0), "lbv"), ((2.0, 2.0, 2.0), "vsharp")):
+        inp = QSMInput(field=lf, mask=mask, kind="total", voxel_size=vs)
+        assert run("nextqsm", inp, weights_dir=d, device="cpu").params["bfr"] == want
+    assert run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), weights_dir=d, device="cpu",
+               bfr="vsharp").params["bfr"] == "vsharp"
+    with pytest.raises(QSMInputError, match="lbv"):
+        run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), weights_dir=d, bfr="magic")
+
+
 def test_cone_energy_separates_dipole_fields_from_noise():
     """The magic-cone energy ratio: near 0 for a (masked) dipole field, ~1 for white noise, rising with noise."""
     from nextqsm.models.vn import cone_energy

@@ -110,11 +110,11 @@ def test_pipeline_refines_user_local_fields_by_default(tmp_path):
     assert not np.allclose(off.chi, r.chi, atol=1e-5)
     fixed = run("nextqsm", inp, refine_l=0.01)
     assert fixed.params["refine"]["l"] == 0.01
-    # a total field: off by default, on when asked (the VN's rim outside V-SHARP's mask is kept)
+    # a total field: off by default, on when asked (the VN's rim outside LBV's / V-SHARP's mask is kept)
     tot = QSMInput(field=fn, mask=m, kind="total", device="cpu")
     assert "refine" not in run("nextqsm", tot).params
     forced = run("nextqsm", tot, refine=True)
-    assert forced.params["refine"]["method"] == "tv" and forced.params["bfr"] == "vsharp"
+    assert forced.params["refine"]["method"] == "tv" and forced.params["bfr"] == "lbv"   # 1 mm voxels: LBV
     for bad in ({"refine": "yes"}, {"refine": 2}, {"refine_l": -1.0}, {"refine_l": True}, {"refine_l": float("nan")}):
         with pytest.raises(QSMInputError, match=next(iter(bad))):
             run("nextqsm", inp, **bad)

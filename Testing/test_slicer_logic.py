@@ -217,6 +217,10 @@ def test_gui_options_reach_nextqsm(las_case):
     assert nextqsm_params(["nextqsm"], refine="on") == {"nextqsm": {"refine": True}}
     with pytest.raises(ValueError, match="refine"):
         nextqsm_params(["nextqsm"], refine="maybe")
+    assert nextqsm_params(["nextqsm"], bfr="lbv") == {"nextqsm": {"bfr": "lbv"}}
+    assert nextqsm_params(["nextqsm"], bfr="auto") == {}
+    with pytest.raises(ValueError, match="bfr"):
+        nextqsm_params(["nextqsm"], bfr="pdf")
     pytest.importorskip("torch")
     ph = las_case["phantom"]
     d = las_case["dir"]

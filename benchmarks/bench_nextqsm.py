@@ -284,7 +284,7 @@ def write_md(res: dict, path: Path, argv: list[str], weights_dir=None) -> None:
         for r in res["speed"]:
             if "seconds" in r:
                 t = r["timings"]
-                bs = t.get("bfr", t.get("vsharp"))
+                bs = t.get("bfr", t.get("vsharp", t.get("lbv")))
                 bfr_cell = (f"none (local field in; TV refinement {t.get('refine')} s)" if r.get("input") == "local"
                             else r.get("bfr", "unet"))
                 L.append(f"| {r['shape']} | {bfr_cell} | {r['threads']} | {r['crop']} | {r['seconds']} | "
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights-dir", default=None, help="weights folder (default: the shipped weights)")
     ap.add_argument("--nextqsm-param", action="append", default=[], metavar="KEY=VALUE",
                     help="extra parameter for every nextqsm run, e.g. tta=4 (integers and floats are converted)")
-    ap.add_argument("--bfr", default=None, choices=["unet", "vsharp"], help="background removal for the speed runs")
+    ap.add_argument("--bfr", default=None, choices=["unet", "vsharp", "lbv"], help="background removal for the speed runs")
     ap.add_argument("--speed-input", default="total", choices=["total", "local"],
                     help="speed runs: total field (default) or a user-supplied local field (VN + TV refinement)")
     ap.add_argument("--speed-one", type=int, nargs=3, default=None, help=argparse.SUPPRESS)

@@ -65,14 +65,22 @@ def parse_vector(text: str | Sequence[float] | None) -> Optional[list[float]]:
     return vals
 
 
-def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "auto") -> dict:
+#: NeXtQSM's background removal choices in the module ('auto': the shipped default, LBV for voxels <= 1.25 mm,
+#: else V-SHARP; see ``nextqsm.models.inference.default_bfr``).
+BFR_OPTIONS = ("auto", "vsharp", "lbv", "unet")
+
+
+def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "auto", bfr: str = "auto") -> dict:
     """Per-method parameters from the module's GUI options, for ``method_params``.
 
     ``flips``: NeXtQSM's test-time flips (``tta``; 1 = off); ``refine``: 'auto' (the pipeline's default: the TV
-    refinement for a local field given by the user, none after background removal), 'on' or 'off'.
+    refinement for a local field given by the user, none after background removal), 'on' or 'off';
+    ``bfr``: one of :data:`BFR_OPTIONS` (background removal of a total field before the VN).
     """
     if refine not in ("auto", "on", "off"):
         raise ValueError(f"refine must be 'auto', 'on' or 'off', got {refine!r}")
+    if bfr not in BFR_OPTIONS:
+        raise ValueError(f"bfr must be one of {BFR_OPTIONS}, got {bfr!r}")
     if "nextqsm" not in methods:
         return {}
     p: dict = {}
@@ -80,6 +88,8 @@ def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "
         p["tta"] = int(flips)
     if refine != "auto":
         p["refine"] = refine == "on"
+    if bfr != "auto":
+        p["bfr"] = bfr
     return {"nextqsm": p} if p else {}
 
 
