@@ -32,13 +32,13 @@ Data consistency (``dc_mu``): the VN's optional final closed-form step towards t
 (:func:`nextqsm.models.vn.consistency_step`, one FFT pair). ``dc_mu=None``: the shipped model's weight for
 a local field given by the user (``kind='local'``), but 0 (off) after the pipeline's own background
 removal (``kind='total'``): the step turns what background removal leaves behind near air-tissue
-interfaces into chi (demo phantom, V-SHARP local field 80 % NRMSE: 53.1 % without the step, 58.1 % with
-it), while it helps on well-processed local fields (2016 challenge 69.8 -> 64.6 %). Pass a number to
+interfaces into chi (demo phantom, V-SHARP local field 80 % NRMSE, session-6 VN: 53.1 % without the step, 58.1 %
+with it), while it helps on well-processed local fields (2016 challenge, session-6 VN: 69.8 -> 64.6 %). Pass a number to
 force it either way.
 TV refinement (``refine``, :mod:`nextqsm.models.refine`): a local field given by the user is, by default,
 refined after the VN by TV-regularised inversion with the VN's chi as prior, its TV weight growing with the
-field's non-dipolar (magic-cone) energy; it replaces the consistency step there (2016 challenge 64.6 -> 55.5 %
-vs COSMOS). Off after the pipeline's own background removal (same reason as above); ``refine=True`` forces it.
+field's non-dipolar (magic-cone) energy; it replaces the consistency step there (2016 challenge, shipped VN:
+73.1 -> 56.3 % vs COSMOS). Off after the pipeline's own background removal (same reason as above); ``refine=True`` forces it.
 Everything runs under ``torch.inference_mode``. channels-last is not used (measured slower
 on the CPU: a 64^3 U-Net forward took 1.0 s vs 0.53 s). Inference stays float32, with cuDNN's TF32
 turned off (a whole-head case takes well under a second on an H200: ``benchmarks/results_gpu.md``).
