@@ -9,8 +9,8 @@ Laplace's equation inside the mask with the total field as Dirichlet data on the
 Discretisation: the 7-point Laplacian with physical voxel sizes (anisotropic voxels are exact);
 the interior is the mask eroded once (6-neighbourhood), the boundary layer the rest of the mask.
 The symmetric positive-definite system on the interior voxels is solved with conjugate gradients
-(``scipy.sparse.linalg.cg``, matrix-free) on the mask's bounding box, warm-started from the solution on
-a 2x coarser grid (recursively; nested iteration), to a relative residual ``tol``. The reference implementation solves the same problem with
+(``scipy.sparse.linalg.cg`` on the interior voxels' CSR matrix), warm-started from the solution on a 2x
+coarser grid (recursively; nested iteration), to a relative residual ``tol``. The reference implementation solves the same problem with
 full multigrid; the answer is the same, the path slower (seconds at 160^3 on 2 cores).
 The returned local field is zero outside the interior eroded ``peel`` more times (LBV's ``peel``
 option: the outermost layers carry the largest errors), and the mask returned is that one.

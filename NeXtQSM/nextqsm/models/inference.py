@@ -127,7 +127,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     if bfr in ("vsharp", "lbv") and inp.kind == "total":  # classical background removal, then the VN
         from dataclasses import replace
 
-        vsharp_note = None
+        bfr_note = None
         if bfr == "lbv":
             from ..methods.lbv import lbv
 
@@ -146,19 +146,19 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
                 if not cuda:
                     raise
                 torch.cuda.empty_cache()
-                vsharp_note = f"V-SHARP on {vdev} failed ({type(exc).__name__}); ran on the CPU"
+                bfr_note = f"V-SHARP on {vdev} failed ({type(exc).__name__}); ran on the CPU"
                 vdev = "cpu"
                 local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
-        t_vsharp = time.perf_counter() - t0
+        t_bfr = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
                    margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta,
                    dc_mu=dc_mu, refine=refine_cfg is not None, refine_l=None if refine_cfg is None else refine_cfg["l"])
-        res.timings[bfr] = t_vsharp
+        res.timings[bfr] = t_bfr
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = bfr
         res.params[f"{bfr}_device"] = vdev
-        if vsharp_note:
-            res.params["vsharp_fallback"] = vsharp_note
+        if bfr_note:
+            res.params["vsharp_fallback"] = bfr_note
         return res
     dev = pick_device(device or inp.device)
     report(progress, 0.02, "loading weights")
