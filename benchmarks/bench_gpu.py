@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="164x205x205,256x256x176")
     ap.add_argument("--weights-dir", nargs="*", default=[None], help="weights folders (default: the shipped ones)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--bfr", nargs="+", default=["unet", "vsharp"], choices=["unet", "vsharp"])
+    ap.add_argument("--bfr", nargs="+", default=["unet", "vsharp", "lbv"], choices=["unet", "vsharp", "lbv"])
     ap.add_argument("--tgv-shape", default="160x160x160", help="'' to skip TGV")
     ap.add_argument("--out", default=str(HERE / "results_gpu.md"))
     ap.add_argument("--from-json", default=None, help="only rewrite the Markdown from a JSON of an earlier run")
