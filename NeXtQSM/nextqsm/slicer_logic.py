@@ -67,7 +67,13 @@ def parse_vector(text: str | Sequence[float] | None) -> Optional[list[float]]:
 
 #: NeXtQSM's background removal choices in the module ('auto': the shipped default, LBV for voxels <= 1.25 mm,
 #: else V-SHARP; see ``nextqsm.models.inference.default_bfr``).
-BFR_OPTIONS = ("auto", "vsharp", "lbv", "unet")
+def _bfr_options() -> tuple[str, ...]:
+    from .models.inference import BFR_CHOICES   # torch-free at import
+
+    return ("auto", *BFR_CHOICES)
+
+
+BFR_OPTIONS = _bfr_options()
 
 
 def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "auto", bfr: str = "auto") -> dict:

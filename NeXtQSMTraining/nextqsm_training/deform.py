@@ -78,11 +78,15 @@ def random_elastic(rng: np.random.Generator, out_shape: Sequence[int], fov_mm: S
     return u[0]
 
 
+def output_axes_mm(out_shape: Sequence[int], out_voxel: Sequence[float], device=None) -> list[torch.Tensor]:
+    """Per-axis coordinates (mm) of the output voxel centres, centred on 0: three 1D float32 tensors."""
+    return [(torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2) * float(v)
+            for n, v in zip(out_shape, out_voxel)]
+
+
 def output_grid_mm(out_shape: Sequence[int], out_voxel: Sequence[float], device=None) -> torch.Tensor:
     """Coordinates (mm) of the output voxel centres, centred on 0: (3, *out_shape) float32."""
-    axes = [(torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2) * float(v)
-            for n, v in zip(out_shape, out_voxel)]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return torch.stack(torch.meshgrid(*output_axes_mm(out_shape, out_voxel, device), indexing="ij"))
 
 
 def sample_labels(src_idx: torch.Tensor, src_voxel: Sequence[float], points_mm: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .deform import sample_labels, output_grid_mm
+from .deform import output_axes_mm, output_grid_mm, sample_labels
 from .external import binomial_blur, erode
 from .label_sources import HELD_OUT, TRAIN_MAPS, LabelSource, expand_sources  # noqa: F401 (re-exported)
 from .labels import is_brain_label, is_mask_label, tissue_lut
@@ -55,8 +55,7 @@ def _fine_background(vol, values: torch.Tensor, centre, big, vsa: np.ndarray, ma
     Labels are sampled slab by slab (the fine coordinate grid of a 1 mm head would take ~2 GB)."""
     n = [int(b) * ss for b in big]
     fv = vsa / ss
-    axes = [(torch.arange(k, dtype=torch.float32) - (k - 1) / 2) * float(v) + float(c)
-            for k, v, c in zip(n, fv, centre)]
+    axes = [x + float(c) for x, c in zip(output_axes_mm(n, fv), centre)]
     keep = ~mask.repeat_interleave(ss, 1).repeat_interleave(ss, 2)   # (big0, n1, n2): the fine voxels outside
     ext = torch.empty(n, dtype=torch.float32)
     step = 8 * ss
