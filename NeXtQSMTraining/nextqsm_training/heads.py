@@ -28,7 +28,7 @@ from .deform import output_axes_mm, output_grid_mm, sample_labels
 from .external import binomial_blur, erode
 from .label_sources import HELD_OUT, TRAIN_MAPS, LabelSource, expand_sources  # noqa: F401 (re-exported)
 from .labels import is_brain_label, is_mask_label, tissue_lut
-from .simulate import forward_fields
+from .simulate import block_mean_field, forward_fields
 from .susceptibility import add_veins, sample_label_values
 
 __all__ = ["realistic_head", "HELD_OUT", "TRAIN_MAPS", "BG_FINE_MM"]
@@ -63,9 +63,7 @@ def _fine_background(vol, values: torch.Tensor, centre, big, vsa: np.ndarray, ma
         pts = torch.stack(torch.meshgrid(axes[0][a:a + step], axes[1], axes[2], indexing="ij"))
         chi = values[sample_labels(torch.from_numpy(vol.idx), vol.voxel_size, pts).long()]
         ext[a:a + step] = chi * keep[torch.arange(a, min(a + step, n[0])) // ss]
-    f = forward_fields(ext[None], fv, b0, pad=16 * ss)[0]
-    del ext
-    return f.reshape(int(big[0]), ss, int(big[1]), ss, int(big[2]), ss).mean(dim=(1, 3, 5))
+    return block_mean_field(ext, fv, b0, 16 * ss, ss)
 
 
 @functools.lru_cache(maxsize=8)
