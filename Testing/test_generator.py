@@ -309,6 +309,7 @@ def test_realistic_head_background_is_harmonic_for_oblique_b0():
         realistic_head(13, size=64, voxel_size=None, bg_supersample=0)
 
 
+@needs_synthseg
 def test_generator_fine_background_is_harmonic_for_oblique_b0():
     """bg_supersample=4: the external sources drawn on a 4x finer grid and their field averaged over each voxel.
     On a tilted-B0 pair the output-grid background (sources with staircase edges next to the mask) leaves 23 %
@@ -339,6 +340,22 @@ def test_generator_fine_background_is_harmonic_for_oblique_b0():
     np.testing.assert_array_equal(z1["total_field"], zo["total_field"])
     with pytest.raises(ValueError, match="bg_supersample"):
         simulate.make_pair(0, size=32, bg_supersample=0)
+
+
+def test_generator_fine_background_on_procedural_heads():
+    """The same on a procedural head (no SynthSeg data needed): the fine-grid background of a tilted pair is
+    far more harmonic (V-SHARP residual 83 % -> 40 % of the local field on this pair)."""
+    from nextqsm.methods.vsharp import vsharp
+
+    resid = {}
+    for ss in (1, 4):
+        p = simulate.make_pair(0, size=48, source=PROC, b0_tilt_deg=(1.0, 25.0), smooth_field=(0.0, 0.0),
+                               bg_supersample=ss)
+        m = p["mask"] > 0
+        loc = p["local_field"]
+        lb, em = vsharp((p["total_field"] - loc) * m, m, tuple(map(float, p["voxel_size"])))
+        resid[ss] = np.linalg.norm(lb[em] - lb[em].mean()) / np.linalg.norm(loc[em] - loc[em].mean())
+    assert resid[4] < 0.6 * resid[1], resid
 
 
 def test_correlated_noise_is_smooth_and_keeps_its_std():
