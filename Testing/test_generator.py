@@ -338,8 +338,9 @@ def test_generator_fine_background_is_harmonic_for_oblique_b0():
     z1 = simulate.make_pair(0, **kz)
     zo = simulate.make_pair(0, bg_supersample=4, bg_supersample_tilted_only=True, **kz)
     np.testing.assert_array_equal(z1["total_field"], zo["total_field"])
-    with pytest.raises(ValueError, match="bg_supersample"):
-        simulate.make_pair(0, size=32, bg_supersample=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="bg_supersample"):
+            simulate.make_pair(0, size=32, bg_supersample=bad)
 
 
 def test_generator_fine_background_on_procedural_heads():
