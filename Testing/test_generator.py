@@ -231,9 +231,10 @@ def test_generate_cli_nifti(tmp_path):
     exe = REPO / ".venv" / "bin" / "nextqsm-train"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "nextqsm_training.cli"]
     r = subprocess.run(cmd + ["generate", "--n", "2", "--size", "40", "--format", "nifti", "--source", PROC,
-                              "--out", str(out), "--seed", "3"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+                              "--out", str(out), "--seed", "3", "--bg-supersample", "2"], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert r.returncode == 0, r.stderr
+    assert json.loads((out / "manifest.json").read_text())["options"]["bg_supersample"] == 2
     import nibabel as nib
 
     pairs = sorted(out.glob("pair_*"))

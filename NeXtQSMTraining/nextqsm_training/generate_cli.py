@@ -27,6 +27,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="fixed voxel size (1 or 3 values, mm); default: fit the brain into the grid")
     p.add_argument("--no-qa", action="store_true", help="skip the QA PNG sheets")
     p.add_argument("--device", default=None, help="torch device (default cpu; e.g. cuda)")
+    p.add_argument("--bg-supersample", type=int, default=1, metavar="N",
+                   help="background field from external sources on an N-times finer grid, averaged over each voxel "
+                        "(harmonic inside the brain for a tilted B0; ~20x the CPU time of a 64^3 pair at N=4: "
+                        "use --device cuda for many pairs; default 1)")
+    p.add_argument("--bg-tilted-only", action="store_true",
+                   help="with --bg-supersample: the fine grid only for pairs with a tilted B0")
     p.set_defaults(func=run)
     return p
 
@@ -43,6 +49,12 @@ def run(args) -> int:
         opts["voxel_size"] = args.voxel_size * 3 if len(args.voxel_size) == 1 else args.voxel_size
     if args.device:
         opts["device"] = args.device
+    if args.bg_supersample < 1:
+        raise QSMInputError("--bg-supersample", f"must be an integer >= 1, got {args.bg_supersample}",
+                            "use 1 (the output grid) or e.g. 4")
+    if args.bg_supersample > 1:
+        opts["bg_supersample"] = args.bg_supersample
+        opts["bg_supersample_tilted_only"] = bool(args.bg_tilted_only)
     m = write_cache(args.out, args.n, args.size, seed=args.seed, sources=args.source, fmt=args.format,
                     shard_size=args.shard_size, qa=not args.no_qa, workers=args.workers, **opts)
     print(f"wrote {sum(s['count'] for s in m['shards'])} pairs to {args.out} in {m.get('seconds', 0):.1f} s")
