@@ -159,7 +159,7 @@ def bench_oblique(pairs: int, size: int, supersample: int) -> list[dict]:
 
 def write_oblique(rows: list[dict], pairs: int, size: int, out: Path) -> None:
     L = ["# Generator: background field for a tilted B0 (session 12)", "",
-         f"Command: `.venv/bin/python benchmarks/bench_generator.py --oblique --pairs {pairs}` "
+         f"Command: `.venv/bin/python benchmarks/bench_generator.py --oblique --oblique-pairs {pairs}` "
          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {loadavg()}).", "",
          f"{pairs} pairs `make_pair(seed, size={size}, b0_tilt_deg=..., smooth_field=(0, 0))`, seeds 0-{pairs - 1}: "
          "V-SHARP (`nextqsm.methods.vsharp`) applied to the pure background field (total - local) inside the "
@@ -192,9 +192,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results_generator.md"))
     ap.add_argument("--oblique", action="store_true", help="only the tilted-B0 background check (session 12)")
     ap.add_argument("--supersample", type=int, default=4)
+    ap.add_argument("--oblique-pairs", type=int, default=6)
     a = ap.parse_args()
     if a.oblique:
-        n = a.pairs if a.pairs != 5 else 6
+        n = a.oblique_pairs
         write_oblique(bench_oblique(n, 64, a.supersample), n, 64, REPO / "benchmarks" / "results_generator_oblique.md")
         return
 

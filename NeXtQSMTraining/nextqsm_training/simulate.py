@@ -356,6 +356,9 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
     chi_brain = chi_all * mask
     chi_ext = chi_all - chi_brain
     passes = int(rng.integers(o["antialias"][0], o["antialias"][1] + 1)) if o["antialias"] else 0
+    b0 = _random_b0(rng, o)
+    if ss > 1 and o["bg_supersample_tilted_only"] and float(abs(b0[2])) > 1.0 - 1e-6:
+        ss = 1   # B0 along z: the output grid's (blurred) sources
     if passes and ss == 1:
         # partial-volume blur of the (sharp, strong) external sources: without it the discrete
         # dipole field of 9 ppm step edges rings (Gibbs) into the brain and the background is
@@ -364,13 +367,8 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
         chi_all = chi_brain + chi_ext
 
     # --- fields
-    b0 = _random_b0(rng, o)
     pad = o["pad"] if o["pad"] is not None else max(4, size // 6)
     mf = mask.float()
-    if ss > 1 and o["bg_supersample_tilted_only"] and float(abs(b0[2])) > 1.0 - 1e-6:
-        ss = 1   # B0 along z: the output grid's (blurred) sources
-        chi_ext = binomial_blur(chi_ext, passes) * (~mask) if passes else chi_ext
-        chi_all = chi_brain + chi_ext
     if ss == 1:
         f = forward_fields(torch.stack([chi_brain, chi_all]), vs, b0, pad)
         local = f[0] * mf
