@@ -90,7 +90,7 @@ def lbv(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0,
         corner_boundary: treat mask voxels that touch the outside by an edge or a corner (not only a face) as
             boundary too, i.e. the interior is the 26-neighbour erosion. Where sources lie just outside the mask
             those voxels' field is far from discretely harmonic; with the shipped VN on training maps 1-4 at 1 mm this
-            lowered the mean chi NRMSE 39.5 -> 36.0 % (tilted B0 42.0 -> 36.3 %) but also the tilted XSIM by 0.015,
+            lowered the mean chi NRMSE 39.5 -> 36.0 % (tilted B0 42.0 -> 36.3 %) but also the tilted XSIM by 0.015 (0.014 with peel 0),
             so the pipeline does not use it (benchmarks/results_diag_lbv_boundary.md). Default False (the reference).
         peel: extra 6-neighbour erosions of the returned mask (default 0, as in the reference: every
             interior voxel; on the 64^3 heads peel 1 lowers the local-field NRMSE from 25-32 % to 17-24 %).
