@@ -57,6 +57,20 @@ def test_vsharp_on_cuda_matches_numpy(weights_dir):
     assert res.params["vsharp_device"] == "cuda" and "vsharp_fallback" not in res.params
 
 
+def test_lbv_on_cuda_matches_scipy(weights_dir):
+    """LBV (the default background removal at <= 1.25 mm voxels) solves with torch CG on the GPU: same result as
+    scipy's CG to the solver tolerance, and the pipeline uses it on CUDA."""
+    from nextqsm.methods.lbv import lbv
+    from nextqsm.pipeline import run
+
+    inp = _inp(40)
+    a, ea = lbv(inp.field, inp.mask, peel=1)
+    b, eb = lbv(inp.field, inp.mask, peel=1, device="cuda")
+    assert np.array_equal(ea, eb) and np.abs(a - b).max() <= 1e-4 * max(np.abs(a).max(), 1e-9)
+    res = run("nextqsm", inp, weights_dir=weights_dir, device="cuda", bfr="lbv")
+    assert res.params["lbv_device"] == "cuda" and "lbv_fallback" not in res.params
+
+
 def test_amp_training_step_and_resume_on_cuda(tmp_path):
     from nextqsm_training.config import from_dict
     from nextqsm_training.train import fit

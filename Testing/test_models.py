@@ -428,6 +428,7 @@ def test_nextqsm_with_lbv_background_removal_and_voxel_size_default(weights_dir,
     chi, lf, mask = toy(20)
     res = run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), weights_dir=weights_dir, device="cpu", bfr="lbv")
     assert res.params["bfr"] == "lbv" and "lbv" in res.timings and np.isfinite(res.chi).all()
+    assert res.params["lbv_device"] == "cpu" and "lbv_fallback" not in res.params   # scipy on the CPU
     assert 0 < res.mask.sum() <= mask.sum()   # LBV's peeled interior, or the whole mask for a fill_rim VN
     fine = {"bfr": "vsharp", "bfr_fine": {"bfr": "lbv", "max_voxel_mm": 1.5}}
     assert default_bfr(fine, (1.0, 1.0, 1.0)) == "lbv" and default_bfr(fine, (1.5, 1.5, 1.5)) == "lbv"

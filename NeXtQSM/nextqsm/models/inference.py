@@ -24,8 +24,9 @@ Device: ``device='auto'`` (or ``inp.device``) uses CUDA when available; a CUDA
 out-of-memory error falls back to the CPU (reported in ``result.device`` and
 ``result.params['fallback']``). Large volumes are processed with the U-Net calls tiled
 (``tile`` voxels per side, overlap ``overlap``) while the FFT data term stays global.
-With ``bfr='vsharp'`` on CUDA, V-SHARP runs with torch FFTs on the GPU (numpy on the CPU if that
-fails: ``result.params['vsharp_fallback']``).
+On CUDA the classical background removal runs on the GPU too: V-SHARP with torch FFTs (``bfr='vsharp'``), LBV
+with a torch conjugate-gradient solve (``bfr='lbv'``); numpy/scipy on the CPU if that fails
+(``result.params['vsharp_fallback']`` / ``['lbv_fallback']``; the device used is ``params['<bfr>_device']``).
 Test-time flips (``tta`` = 2, 4 or 8): the VN runs on flipped copies of its input (B0 flipped with
 them) and the flipped-back results are averaged; off by default (N times the VN's time).
 Data consistency (``dc_mu``): the VN's optional final closed-form step towards the measured field
@@ -131,24 +132,26 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         if bfr == "lbv":
             from ..methods.lbv import lbv
 
-            report(progress, 0.05, "background-field removal (LBV)")
-            vdev = "cpu"
-            local, mask2 = lbv(inp.field, inp.mask, inp.voxel_size, peel=LBV_PEEL)
+            def remove(dev):
+                return lbv(inp.field, inp.mask, inp.voxel_size, peel=LBV_PEEL, device=dev)
         else:
             from ..methods.vsharp import vsharp
 
-            report(progress, 0.05, "background-field removal (V-SHARP)")
-            vdev = pick_device(device or inp.device)
-            cuda = vdev.startswith("cuda")
-            try:   # torch FFTs on the GPU, numpy/scipy on the CPU (and after a GPU failure)
-                local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size, device=vdev if cuda else None)
-            except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if not cuda:
-                    raise
-                torch.cuda.empty_cache()
-                bfr_note = f"V-SHARP on {vdev} failed ({type(exc).__name__}); ran on the CPU"
-                vdev = "cpu"
-                local, mask2 = vsharp(inp.field, inp.mask, inp.voxel_size)
+            def remove(dev):
+                return vsharp(inp.field, inp.mask, inp.voxel_size, device=dev)
+        name = {"lbv": "LBV", "vsharp": "V-SHARP"}[bfr]
+        report(progress, 0.05, f"background-field removal ({name})")
+        vdev = pick_device(device or inp.device)
+        cuda = vdev.startswith("cuda")
+        try:   # torch on the GPU; numpy/scipy on the CPU (and after a GPU failure)
+            local, mask2 = remove(vdev if cuda else None)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not cuda:
+                raise
+            torch.cuda.empty_cache()
+            bfr_note = f"{name} on {vdev} failed ({type(exc).__name__}); ran on the CPU"
+            vdev = "cpu"
+            local, mask2 = remove(None)
         t_bfr = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
                    margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta,
@@ -158,7 +161,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         res.params["bfr"] = bfr
         res.params[f"{bfr}_device"] = vdev
         if bfr_note:
-            res.params["vsharp_fallback"] = bfr_note
+            res.params[f"{bfr}_fallback"] = bfr_note
         return res
     dev = pick_device(device or inp.device)
     report(progress, 0.02, "loading weights")
