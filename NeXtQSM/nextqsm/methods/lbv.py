@@ -9,11 +9,14 @@ Laplace's equation inside the mask with the total field as Dirichlet data on the
 Discretisation: the 7-point Laplacian with physical voxel sizes (anisotropic voxels are exact);
 the interior is the mask eroded once (6-neighbourhood), the boundary layer the rest of the mask.
 The symmetric positive-definite system on the interior voxels is solved with conjugate gradients
-(``scipy.sparse.linalg.cg`` on the interior voxels' CSR matrix), warm-started from the solution on a 2x
-coarser grid (recursively; nested iteration), to a relative residual ``tol``. The reference implementation solves the same problem with
-full multigrid; the answer is the same, the path slower (seconds at 160^3 on 2 cores).
-With ``device=`` (a torch device such as 'cuda') the same CG runs with torch on the 7-point stencil of the
-interior's bounding box (float64; used by NeXtQSM's inference on a GPU).
+(``scipy.sparse.linalg.cg`` on the interior voxels' CSR matrix) to a relative residual ``tol``, preconditioned by one
+geometric multigrid V-cycle (the reference implementation solves the same problem with full multigrid): every level
+keeps the voxels at even indices of the level above, trilinear prolongation ``P`` (zero from coarse nodes outside the
+interior: Dirichlet), Galerkin coarse operators ``P^T A P``, two damped-Jacobi sweeps before and after, a sparse LU
+on the coarsest level. At 164x205x205 it needs ~7 iterations instead of ~300 (``multigrid=False``: plain CG,
+warm-started from the solution on a 2x coarser grid, recursively).
+With ``device=`` (a torch device such as 'cuda') plain warm-started CG runs with torch on the 7-point stencil of the
+interior's bounding box (float64; used by NeXtQSM's inference on a GPU, where an iteration costs microseconds).
 The returned local field is zero outside the interior eroded ``peel`` more times (LBV's ``peel``
 option: the outermost layers carry the largest errors), and the mask returned is that one.
 """
@@ -24,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 from scipy import sparse
-from scipy.sparse.linalg import cg
+from scipy.sparse.linalg import LinearOperator, cg, factorized
 
 from ..errors import QSMInputError
 
@@ -44,6 +47,13 @@ def _neg_laplacian(x: np.ndarray, inside: np.ndarray, w: np.ndarray) -> np.ndarr
     return out
 
 
+def _csr_from_slots(cols: np.ndarray, vals: np.ndarray, n_cols: int) -> sparse.csr_matrix:
+    """CSR matrix from per-row slots ``cols`` / ``vals`` (n_rows, k), columns ascending along each row, -1 = empty."""
+    ok = cols >= 0
+    indptr = np.concatenate([[0], np.cumsum(ok.sum(1))])
+    return sparse.csr_matrix((vals[ok], cols[ok], indptr), shape=(cols.shape[0], n_cols))
+
+
 def _interior_matrix(inside: np.ndarray, w: np.ndarray) -> sparse.csr_matrix:
     """-L restricted to the ``inside`` voxels (CSR, 7 points; neighbours outside are the known Dirichlet
     values, moved to the right-hand side). Equal to :func:`_neg_laplacian` on ``inside``; ~4x faster per
@@ -51,15 +61,66 @@ def _interior_matrix(inside: np.ndarray, w: np.ndarray) -> sparse.csr_matrix:
     n = int(inside.sum())
     lin = np.full(inside.shape, -1, np.int64)
     lin[inside] = np.arange(n)
-    rows, cols, vals = [np.arange(n)], [np.arange(n)], [np.full(n, 2.0 * float(w.sum()))]
-    for a in range(3):
-        for step in (1, -1):
-            nb = np.roll(lin, -step, axis=a)[inside]
-            ok = nb >= 0
-            rows.append(np.flatnonzero(ok))
-            cols.append(nb[ok])
-            vals.append(np.full(int(ok.sum()), -float(w[a])))
-    return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    # slots in ascending column order (C order): -axis0, -axis1, -axis2, self, +axis2, +axis1, +axis0
+    order = [(0, 1), (1, 1), (2, 1), None, (2, -1), (1, -1), (0, -1)]
+    cols = np.empty((n, 7), np.int64)
+    vals = np.empty((n, 7))
+    for s, o in enumerate(order):
+        if o is None:
+            cols[:, s], vals[:, s] = np.arange(n), 2.0 * float(w.sum())
+        else:
+            cols[:, s], vals[:, s] = np.roll(lin, o[1], axis=o[0])[inside], -float(w[o[0]])
+    return _csr_from_slots(cols, vals, n)
+
+
+def _prolongation(fine: np.ndarray, coarse: np.ndarray) -> sparse.csr_matrix:
+    """(n_fine, n_coarse) trilinear interpolation from the coarse nodes (``coarse`` = the voxels at even indices of the
+    finer level, ``coarse[I]`` sits at fine index 2I) to the ``fine`` voxels; coarse nodes outside ``coarse`` give zero."""
+    fi = np.argwhere(fine)
+    lin = np.full(tuple(int(v) + 1 for v in coarse.shape), -1, np.int64)   # one extra layer: always outside
+    lin[tuple(slice(0, v) for v in coarse.shape)][coarse] = np.arange(int(coarse.sum()))
+    lo, odd = fi >> 1, (fi & 1).astype(bool)
+    w = 0.5 ** odd.sum(1)                          # 1/2 per odd axis, the same for each of its nodes
+    cols = np.full((len(fi), 8), -1, np.int64)
+    for s, d in enumerate(np.ndindex(2, 2, 2)):    # ascending coarse index along each row
+        d = np.array(d, bool)
+        use = np.all(odd | ~d, axis=1)             # an even index takes only its own node
+        idx = lo[use] + (d & odd[use])
+        cols[use, s] = lin[idx[:, 0], idx[:, 1], idx[:, 2]]
+    return _csr_from_slots(cols, np.broadcast_to(w[:, None], cols.shape), int(coarse.sum()))
+
+
+def _multigrid(A: sparse.csr_matrix, inside: np.ndarray, min_n: int = 800, omega: float = 0.8,
+               sweeps: int = 2) -> LinearOperator:
+    """One symmetric V-cycle as a preconditioner for ``A`` (the system on the ``inside`` voxels; see the module notes)."""
+    As, Ps, m = [A], [], inside
+    while True:
+        mc = m[::2, ::2, ::2]
+        nc = int(mc.sum())
+        if nc < min_n or nc == int(m.sum()):
+            break
+        P = _prolongation(m, mc)
+        R = P.T.tocsr()
+        Ps.append((P, R))
+        As.append((R @ As[-1] @ P).tocsr())
+        m = mc
+    inv_d = [omega / a.diagonal() for a in As]
+    coarsest = factorized(As[-1].tocsc())
+
+    def vcycle(level: int, r: np.ndarray) -> np.ndarray:
+        if level == len(As) - 1:
+            return coarsest(r)
+        a, d = As[level], inv_d[level]
+        x = d * r
+        for _ in range(sweeps - 1):
+            x += d * (r - a @ x)
+        P, R = Ps[level]
+        x += P @ vcycle(level + 1, R @ (r - a @ x))
+        for _ in range(sweeps):
+            x += d * (r - a @ x)
+        return x
+
+    return LinearOperator(A.shape, matvec=lambda r: vcycle(0, np.asarray(r, np.float64).ravel()), dtype=np.float64)
 
 
 def _cg_torch(ib: np.ndarray, w: np.ndarray, rhs: np.ndarray, x0: np.ndarray, tol: float, maxiter: int, device,
@@ -115,7 +176,8 @@ def _coarse_start(fb: np.ndarray, mb: np.ndarray, voxel_size: Vec3, tol: float, 
     if mc.sum() < 4096:
         return None
     try:
-        loc, ic = lbv(fc, mc, tuple(2.0 * float(v) for v in voxel_size), tol=tol, maxiter=maxiter, device=device)
+        loc, ic = lbv(fc, mc, tuple(2.0 * float(v) for v in voxel_size), tol=tol, maxiter=maxiter, device=device,
+                      multigrid=False)
     except QSMInputError:
         return None
     bg = fc - loc
@@ -128,7 +190,7 @@ def _coarse_start(fb: np.ndarray, mb: np.ndarray, voxel_size: Vec3, tol: float, 
 def lbv(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0, 1.0), tol: float = 1e-6,
         maxiter: int = 3000, peel: int = 0,
         callback: Optional[Callable[[int, int], None]] = None, coarse: bool = True,
-        corner_boundary: bool = False, device=None) -> tuple[np.ndarray, np.ndarray]:
+        corner_boundary: bool = False, device=None, multigrid: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field [ppm] by solving Laplace's equation in ``mask`` (see the module notes).
 
     Args:
@@ -143,7 +205,10 @@ def lbv(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0,
         peel: extra 6-neighbour erosions of the returned mask (default 0, as in the reference: every
             interior voxel; on the 64^3 heads peel 1 lowers the local-field NRMSE from 25-32 % to 17-24 %).
         callback: called as ``callback(iteration, maxiter)``.
-        coarse: warm-start CG from the solution on a 2x coarser grid (same answer to ``tol``, faster).
+        coarse: warm-start plain CG (``multigrid=False`` or ``device``) from the solution on a 2x coarser grid
+            (same answer to ``tol``, faster).
+        multigrid: on the CPU, precondition CG with a geometric multigrid V-cycle (same answer to ``tol``; 164x205x205
+            white-noise field, 2 cores: LBV ~15 s -> ~6 s). False: plain CG.
         device: None (scipy's CG on a sparse matrix) or a torch device ('cuda', 'cpu'): the same CG with torch
             (same answer to ``tol``; tested against scipy).
     Returns:
@@ -168,22 +233,24 @@ def lbv(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0,
     rhs = -_neg_laplacian(np.where(boundary, fb, 0.0), np.ones_like(mb), w)[ib]
     # warm start: the solution on a 2x coarser grid (nested iteration: CG then only has to remove the
     # fine-scale error, ~3x fewer iterations at 160^3), else the boundary values spread inwards
-    x0 = _coarse_start(fb, mb, voxel_size, tol, maxiter, device) if coarse else None
-    if x0 is None:
+    mg = multigrid and device is None
+    x0 = _coarse_start(fb, mb, voxel_size, tol, maxiter, device) if (coarse and not mg) else None
+    if x0 is None and not mg:   # (multigrid: a few V-cycles remove the error of a zero start)
         near = ndi.distance_transform_edt(~boundary, return_distances=False, return_indices=True)
         x0 = fb[tuple(near)]
-    x0 = x0[ib]
+    x0 = None if x0 is None else x0[ib]
     it = [0]
 
     def cb(_):
         it[0] += 1
-        if callback is not None and it[0] % 25 == 0:
+        if callback is not None and it[0] % (1 if mg else 25) == 0:   # multigrid: ~10 iterations in all
             callback(it[0], maxiter)
 
     if device is not None:
         sol = _cg_torch(ib, w, rhs, x0, tol, maxiter, device, cb)
     else:
-        sol, info = cg(_interior_matrix(ib, w), rhs, x0=x0, rtol=tol, maxiter=int(maxiter), callback=cb)
+        A = _interior_matrix(ib, w)
+        sol, info = cg(A, rhs, x0=x0, rtol=tol, maxiter=int(maxiter), callback=cb, M=_multigrid(A, ib) if mg else None)
     keep = ndi.binary_erosion(ib, st, iterations=int(peel)) if peel > 0 else ib
     bg = np.zeros(mb.shape)
     bg[ib] = sol
