@@ -545,3 +545,19 @@ def test_flip_tta_solves_each_flipped_problem_with_its_own_b0(weights_dir):
     assert np.isfinite(four.chi).all() and four.chi.shape == one.chi.shape
     with pytest.raises(QSMInputError, match="tta"):
         run("nextqsm", inp, weights_dir=weights_dir, tta=3)
+
+
+def test_cpu_channels_last_inference_matches_default_layout(monkeypatch):
+    """CPU inference runs the networks with channels-last convolution weights (faster on whole heads); chi is the
+    same as with the default layout (the shipped weights, U-Net background removal + VN)."""
+    from nextqsm.models import inference
+    from nextqsm.pipeline import QSMInput, run
+
+    chi, lf, mask = toy(40)
+    inp = QSMInput(field=lf, mask=mask, kind="total")
+    fast = run("nextqsm", inp, device="cpu", bfr="unet")
+    monkeypatch.setattr(inference, "CPU_CHANNELS_LAST", False)
+    plain = run("nextqsm", inp, device="cpu", bfr="unet")
+    assert np.abs(fast.chi).max() > 0
+    assert np.abs(fast.chi - plain.chi).max() <= 1e-4 * np.abs(plain.chi).max()
+    assert np.abs(fast.local_field - plain.local_field).max() <= 1e-4 * np.abs(plain.local_field).max()
