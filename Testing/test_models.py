@@ -561,3 +561,19 @@ def test_cpu_channels_last_inference_matches_default_layout(monkeypatch):
     assert np.abs(fast.chi).max() > 0
     assert np.abs(fast.chi - plain.chi).max() <= 1e-4 * np.abs(plain.chi).max()
     assert np.abs(fast.local_field - plain.local_field).max() <= 1e-4 * np.abs(plain.local_field).max()
+
+
+def test_unet_upsampling_block_equals_conv_after_upsampling():
+    """Up applies its 1x1x1 convolution before the nearest-neighbour up-sampling (cheaper): the same map as the
+    textbook order, so older weights keep their meaning."""
+    import torch.nn.functional as F
+
+    from nextqsm.models.unet import Up
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        up = Up(16, 8, bias=bias)
+        x = torch.randn(2, 16, 5, 6, 7)
+        ref = up.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        assert up(x).shape == (2, 8, 10, 12, 14)
+        assert torch.allclose(up(x), ref, atol=1e-6)

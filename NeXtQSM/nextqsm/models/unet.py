@@ -59,14 +59,15 @@ class Conv3d(nn.Conv3d):
 
 
 class Up(nn.Module):
-    """2x nearest-neighbour up-sampling followed by a 1x1x1 convolution (cin -> cout)."""
+    """2x nearest-neighbour up-sampling followed by a 1x1x1 convolution (cin -> cout), computed in the other order
+    (the two commute exactly): the convolution on 8x fewer voxels and the up-sampling of cout < cin channels."""
 
     def __init__(self, cin: int, cout: int, bias: bool = False):
         super().__init__()
         self.conv = Conv3d(cin, cout, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return F.interpolate(self.conv(x), scale_factor=2, mode="nearest")
 
 
 def _norm(kind: str, ch: int) -> nn.Module:
