@@ -209,8 +209,8 @@ def lbv(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0,
             (same answer to ``tol``, faster).
         multigrid: on the CPU, precondition CG with a geometric multigrid V-cycle (same answer to ``tol``; 164x205x205
             white-noise field, 2 cores: LBV ~15 s -> ~6 s). False: plain CG.
-        device: None (scipy's CG on a sparse matrix) or a torch device ('cuda', 'cpu'): the same CG with torch
-            (same answer to ``tol``; tested against scipy).
+        device: None (scipy's CG on a sparse matrix) or a torch device ('cuda', 'cpu'): plain warm-started CG with
+            torch (same answer to ``tol``; tested against scipy); ``multigrid`` does not apply.
     Returns:
         (local field [ppm], float32, zero outside the returned mask; the returned bool mask).
     """
@@ -231,11 +231,12 @@ def lbv(total_field: np.ndarray, mask: np.ndarray, voxel_size: Vec3 = (1.0, 1.0,
     boundary = mb & ~ib
     # right-hand side: the known boundary values moved across (A b_int = -L(boundary values) on the interior)
     rhs = -_neg_laplacian(np.where(boundary, fb, 0.0), np.ones_like(mb), w)[ib]
-    # warm start: the solution on a 2x coarser grid (nested iteration: CG then only has to remove the
-    # fine-scale error, ~3x fewer iterations at 160^3), else the boundary values spread inwards
+    # plain CG's warm start: the solution on a 2x coarser grid (nested iteration: CG then only has to remove the
+    # fine-scale error, ~3x fewer iterations at 160^3), else the boundary values spread inwards. Multigrid-
+    # preconditioned CG starts from zero: its first V-cycles remove that error anyway.
     mg = multigrid and device is None
     x0 = _coarse_start(fb, mb, voxel_size, tol, maxiter, device) if (coarse and not mg) else None
-    if x0 is None and not mg:   # (multigrid: a few V-cycles remove the error of a zero start)
+    if x0 is None and not mg:
         near = ndi.distance_transform_edt(~boundary, return_distances=False, return_indices=True)
         x0 = fb[tuple(near)]
     x0 = None if x0 is None else x0[ib]
