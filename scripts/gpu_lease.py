@@ -193,11 +193,17 @@ def train(args) -> None:
     cfg.train.val_every = args.val_every or max(n // 8, 10)
     if args.average > 1:   # snapshots for averaging the end of each phase (2 per averaged span)
         cfg.train.snapshot_every = max(n // (4 * args.average), 1)
-    cfg.train.max_minutes = left / 60.0
+    # phase 1 may use only its share of the time: with a step time estimated too low (session 13: 0.45 s planned,
+    # 0.91 s measured) it would otherwise take all of it and leave phase 2 (end to end) a single step
+    cfg.train.max_minutes = left * (args.phase1_frac if n - p1 > 0 else 1.0) / 60.0
     log(f"{sps:.3f} s/step on {'cuda' if torch.cuda.is_available() else 'cpu'}; "
         f"{left:.0f} s left for training -> phase 1 {p1} + phase 2 {n - p1} steps; init_from {cfg.train.init_from}")
     r1 = fit(cfg, max_steps=p1)
     log(f"phase 1: {json.dumps(r1, default=str)[:2000]}")
+    try:
+        log(f"measured {sec_per_step(Path(cfg.out_dir)):.3f} s/step in phase 1 (planned {sps:.3f})")
+    except (OSError, KeyError, IndexError, ValueError):
+        pass
     pack(phase_end(Path(cfg.out_dir), args.average, 0), "p1", drop_base_bfr=True)
     if n - p1 > 0:
         cfg.train.max_minutes = max(args.budget - (time.time() - T0) - 25, 10) / 60.0
