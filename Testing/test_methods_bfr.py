@@ -181,10 +181,25 @@ def test_lbv_multigrid_matches_plain_cg_and_converges_fast():
     x = ndi.gaussian_filter(np.random.default_rng(0).standard_normal(inside.shape), 4)[inside]
     e = x - M.matvec(A @ x)
     assert np.linalg.norm(e) < 0.2 * np.linalg.norm(x)
-    # trilinear prolongation: constants are reproduced away from the coarse boundary
+    # trilinear prolongation: constants are reproduced away from the coarse boundary, and on every level (strided
+    # views) it is the trilinear interpolation of the zero-extended coarse nodes
     P = _prolongation(inside, inside[::2, ::2, ::2])
     deep = ndi.binary_erosion(inside, iterations=3)[inside]
     assert np.allclose((P @ np.ones(P.shape[1]))[deep], 1.0)
+    rng = np.random.default_rng(1)
+    fine = inside[::2, ::2, ::2]                    # a non-contiguous view, as on the coarser levels
+    coarse = fine[::2, ::2, ::2]
+    xc = np.zeros([n + 1 for n in coarse.shape])
+    xc[tuple(slice(0, n) for n in coarse.shape)][coarse] = rng.standard_normal(int(coarse.sum()))
+    ref = ndi.map_coordinates(xc, (np.argwhere(fine) / 2.0).T, order=1)
+    assert np.allclose(_prolongation(fine, coarse) @ xc[tuple(slice(0, n) for n in coarse.shape)][coarse], ref)
+    # the interior matrix of a view (LBV passes the mask's bounding box) is the masked 7-point stencil
+    from nextqsm.methods.lbv import _neg_laplacian
+
+    view = inside[2:-3, 1:-2, 3:-1]
+    w = np.array([1.0, 0.8, 0.25])
+    x = np.where(view, rng.standard_normal(view.shape), 0.0)
+    assert np.allclose(_interior_matrix(view, w) @ x[view], _neg_laplacian(x, view, w)[view])
 
 
 def test_lbv_torch_solver_matches_scipy():
