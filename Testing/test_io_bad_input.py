@@ -166,3 +166,52 @@ def test_io_roundtrip_4d_and_sidecar(tmp_path):
     np.testing.assert_array_equal(back.data, data[..., 0])
     assert np.allclose(back.affine, AFF)
     assert with_suffix_tag("a/out.nii.gz", "_localfield").name == "out_localfield.nii.gz"
+
+
+def test_reference_mean_and_roi(good, capsys):
+    """--reference: chi referenced to the brain mask's mean or to an ROI's (e.g. CSF); the same map up to the constant;
+    a bad ROI (off grid, outside the mask) is a clear error before anything runs."""
+    tmp, field, mask = good
+    ff, mf = _write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask)
+    code, out = run_cli(tmp, ff, mf)
+    raw = nib.load(str(out)).get_fdata()
+    m = mask > 0
+    code, out = run_cli(tmp, ff, mf, "--reference", "mean")
+    assert code == 0, capsys.readouterr().err
+    ref = nib.load(str(out)).get_fdata()
+    assert abs(ref[m].mean()) < 1e-6 and abs(raw[m].mean()) > 1e-4
+    assert np.allclose(ref[m] - raw[m], -raw[m].mean(), atol=1e-6)
+    roi = np.zeros_like(mask)
+    roi[6:9, 6:9, 5:8] = 1
+    code, out = run_cli(tmp, ff, mf, "--reference", _write(tmp / "roi.nii.gz", roi))
+    assert code == 0, capsys.readouterr().err
+    assert abs(nib.load(str(out)).get_fdata()[roi > 0].mean()) < 1e-6
+    bad = tmp / "bad"      # a fresh output folder: a refused run must leave it empty
+    assert_fails(capsys, bad, ff, mf, "reference", extra=("--reference", _write(tmp / "r2.nii.gz", roi, np.diag([1, 1, 1, 1.0]))))
+    out_roi = np.zeros_like(mask)
+    out_roi[0:2, 0:2, 0:2] = 1
+    assert_fails(capsys, bad, ff, mf, "reference", "no voxel inside", extra=("--reference", _write(tmp / "r3.nii.gz", out_roi)))
+    assert_fails(capsys, bad, ff, mf, "neither", "mean", extra=("--reference", "median"))
+    code, out = run_cli(tmp, ff, mf, "--param", "reference=mean")     # the same through --param
+    assert code == 0 and abs(nib.load(str(out)).get_fdata()[m].mean()) < 1e-6
+    assert_fails(capsys, bad, ff, mf, "twice", extra=("--param", "reference=mean", "--reference", "mean"))
+
+
+def test_reference_in_the_python_api():
+    """run(..., reference=...) for any method: offset recorded, demeaned NRMSE unchanged, bad values refused early."""
+    from nextqsm.metrics import nrmse
+    from nextqsm.pipeline import QSMInput, run
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((24, 24, 24), bool)
+    mask[5:19, 5:19, 5:19] = True
+    lf = (rng.standard_normal(mask.shape) * 0.01).astype(np.float32) * mask
+    inp = QSMInput(field=lf, mask=mask, kind="local")
+    a = run("tkd", inp)
+    b = run("tkd", inp, reference="mean")
+    assert b.params["reference"] == "mean" and abs(b.params["reference_offset_ppm"] - a.chi[a.mask].mean()) < 1e-7
+    assert abs(nrmse(a.chi, b.chi, mask) - 0.0) < 1e-3
+    with pytest.raises(QSMInputError, match="shape"):
+        run("tkd", inp, reference=np.ones((3, 3, 3), bool))
+    with pytest.raises(QSMInputError, match="unknown reference"):
+        run("tkd", inp, reference="csf")

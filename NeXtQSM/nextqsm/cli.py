@@ -65,6 +65,9 @@ def official_parser() -> argparse.ArgumentParser:
                    help="skip the check that FIELD looks like ppm (not Hz or radians)")
     p.add_argument("--param", action="append", type=_parse_param, default=[], metavar="KEY=VALUE",
                    help="method parameter, e.g. --param tkd_threshold=0.19 (repeatable; names in `nextqsm.methods.pipelines`)")
+    p.add_argument("--reference", default="none", metavar="none|mean|ROI",
+                   help="reference chi: none (as the method returns it; default), mean (zero mean over the brain "
+                        "mask) or an ROI mask NIfTI on the FIELD grid (zero mean over it, e.g. CSF)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -90,16 +93,36 @@ def load_field_and_mask(field_path: str, mask_path: str, allow_any_range: bool =
     return dict(field=field, mask=mask, voxel_size=vs, b0_dir=bdir, kind=kind), fv
 
 
+def load_reference(value: str, fv):
+    """``--reference``: 'none' / 'mean', or an ROI mask NIfTI on the grid of the field volume ``fv`` (checked)."""
+    if value in ("none", "mean"):
+        return value
+    if not Path(value).exists():
+        raise QSMInputError("--reference", f"{value!r} is neither 'none', 'mean' nor an existing ROI file",
+                            "use none, mean, or the path of an ROI mask NIfTI on the FIELD grid")
+    from .io import load_nifti
+    from .validation import check_mask, check_same_grid
+
+    rv = load_nifti(value, ndim=3, name=f"--reference ROI ({value})")
+    roi = check_mask(rv.data, f"--reference ROI ({value})", like=fv.data, like_name="FIELD")
+    check_same_grid(fv.affine, rv.affine, "FIELD", f"--reference ROI ({value})")
+    return roi
+
+
 def run_official(args: argparse.Namespace) -> int:
     from .io import save_nifti, with_suffix_tag
     from .pipeline import QSMInput, run
 
     kw, fv = load_field_and_mask(args.field, args.mask, args.allow_any_range, args.voxel_size, args.b0_dir, args.input)
     inp = QSMInput(device=args.device, **kw)
+    params = dict(args.param)
+    if "reference" in params and args.reference != "none":
+        raise QSMInputError("--param reference", "given twice (also --reference)", "use --reference alone")
+    reference = load_reference(str(params.pop("reference", args.reference)), fv)
     from .progress import TqdmProgress
 
     with TqdmProgress(args.method, disable=args.quiet) as prog:
-        res = run(args.method, inp, progress=prog, **dict(args.param))
+        res = run(args.method, inp, progress=prog, reference=reference, **params)
     out = Path(args.out)
     written = []
     try:

@@ -112,11 +112,48 @@ def resolve(name: str) -> Callable[..., QSMResult]:
                             f"choose one of {', '.join(available_methods())}") from exc
 
 
+def _check_reference(reference, shape: tuple[int, ...]) -> None:
+    if reference is None or isinstance(reference, str):
+        if reference not in (None, "none", "mean"):
+            raise QSMInputError("reference", f"unknown reference {reference!r}",
+                                "use 'none', 'mean' (whole-brain mean) or an ROI mask on chi's grid")
+        return
+    if np.shape(reference) != tuple(shape):
+        raise QSMInputError("reference ROI", f"shape {np.shape(reference)} differs from the field's {tuple(shape)}",
+                            "pass an ROI mask on the field's grid")
+
+
+def apply_reference(res: QSMResult, reference) -> None:
+    """Reference ``res.chi`` [ppm] in place: QSM gives susceptibility up to a constant, which this fixes.
+
+    ``reference``: None / 'none' (unchanged); 'mean' (zero mean over ``res.mask``: whole-brain referencing); or a
+    boolean ROI array on chi's grid (zero mean over the ROI inside ``res.mask``, e.g. a CSF mask). The constant
+    subtracted is ``res.params['reference_offset_ppm']``.
+    """
+    if reference is None or (isinstance(reference, str) and reference == "none"):
+        return
+    _check_reference(reference, res.chi.shape)
+    if isinstance(reference, str):
+        roi, label = np.asarray(res.mask) > 0, "mean"
+    else:
+        roi, label = (np.asarray(reference) > 0) & (np.asarray(res.mask) > 0), "roi"
+    if not roi.any():
+        raise QSMInputError("reference ROI", "has no voxel inside the method's mask",
+                            "pass an ROI that overlaps the brain mask, or reference='mean'")
+    offset = float(res.chi[roi].mean(dtype=np.float64))
+    res.chi = np.where(res.mask, res.chi - offset, 0).astype(np.float32)
+    res.params["reference"] = label
+    res.params["reference_offset_ppm"] = offset
+
+
 def run(name: str, inp: QSMInput, progress: ProgressFn | None = None, **params) -> QSMResult:
     """Run the named method on ``inp``; fills timings['total'] and masks chi.
 
     ``device`` ('auto' | 'cpu' | 'cuda') is accepted for every method: the networks take it as a
-    parameter, the classical methods read it from the input (``inp.device``)."""
+    parameter, the classical methods read it from the input (``inp.device``). ``reference`` (every method;
+    default None: chi as the method returns it) references chi, see :func:`apply_reference`."""
+    reference = params.pop("reference", None)
+    _check_reference(reference, np.shape(inp.field))   # before a possibly long run
     fn = resolve(name)
     if "device" in params and "device" not in inspect.signature(fn).parameters:
         inp = dataclasses.replace(inp, device=params.pop("device"))
@@ -127,6 +164,7 @@ def run(name: str, inp: QSMInput, progress: ProgressFn | None = None, **params) 
     if res.local_field is not None:
         res.local_field = np.where(res.mask, res.local_field, 0).astype(np.float32)
     res.method = name
+    apply_reference(res, reference)
     return res
 
 
