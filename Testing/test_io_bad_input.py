@@ -190,7 +190,7 @@ def test_reference_mean_and_roi(good, capsys):
     assert_fails(capsys, bad, ff, mf, "reference", extra=("--reference", _write(tmp / "r2.nii.gz", roi, np.diag([1, 1, 1, 1.0]))))
     out_roi = np.zeros_like(mask)
     out_roi[0:2, 0:2, 0:2] = 1
-    assert_fails(capsys, bad, ff, mf, "reference", "no voxel inside", extra=("--reference", _write(tmp / "r3.nii.gz", out_roi)))
+    assert_fails(capsys, bad, ff, mf, "reference", "no voxel inside the mask", extra=("--reference", _write(tmp / "r3.nii.gz", out_roi)))
     assert_fails(capsys, bad, ff, mf, "neither", "mean", extra=("--reference", "median"))
     code, out = run_cli(tmp, ff, mf, "--param", "reference=mean")     # the same through --param
     assert code == 0 and abs(nib.load(str(out)).get_fdata()[m].mean()) < 1e-6

@@ -112,7 +112,7 @@ def resolve(name: str) -> Callable[..., QSMResult]:
                             f"choose one of {', '.join(available_methods())}") from exc
 
 
-def _check_reference(reference, shape: tuple[int, ...]) -> None:
+def _check_reference(reference, shape: tuple[int, ...], mask=None) -> None:
     if reference is None or isinstance(reference, str):
         if reference not in (None, "none", "mean"):
             raise QSMInputError("reference", f"unknown reference {reference!r}",
@@ -121,6 +121,9 @@ def _check_reference(reference, shape: tuple[int, ...]) -> None:
     if np.shape(reference) != tuple(shape):
         raise QSMInputError("reference ROI", f"shape {np.shape(reference)} differs from the field's {tuple(shape)}",
                             "pass an ROI mask on the field's grid")
+    if not ((np.asarray(reference) > 0) & (np.ones(shape, bool) if mask is None else np.asarray(mask) > 0)).any():
+        raise QSMInputError("reference ROI", "has no voxel inside the mask",
+                            "pass an ROI that overlaps the brain mask, or reference='mean'")
 
 
 def apply_reference(res: QSMResult, reference) -> None:
@@ -132,14 +135,11 @@ def apply_reference(res: QSMResult, reference) -> None:
     """
     if reference is None or (isinstance(reference, str) and reference == "none"):
         return
-    _check_reference(reference, res.chi.shape)
+    _check_reference(reference, res.chi.shape, res.mask)
     if isinstance(reference, str):
         roi, label = np.asarray(res.mask) > 0, "mean"
     else:
         roi, label = (np.asarray(reference) > 0) & (np.asarray(res.mask) > 0), "roi"
-    if not roi.any():
-        raise QSMInputError("reference ROI", "has no voxel inside the method's mask",
-                            "pass an ROI that overlaps the brain mask, or reference='mean'")
     offset = float(res.chi[roi].mean(dtype=np.float64))
     res.chi = np.where(res.mask, res.chi - offset, 0).astype(np.float32)
     res.params["reference"] = label
@@ -153,7 +153,7 @@ def run(name: str, inp: QSMInput, progress: ProgressFn | None = None, **params) 
     parameter, the classical methods read it from the input (``inp.device``). ``reference`` (every method;
     default None: chi as the method returns it) references chi, see :func:`apply_reference`."""
     reference = params.pop("reference", None)
-    _check_reference(reference, np.shape(inp.field))   # before a possibly long run
+    _check_reference(reference, np.shape(inp.field), inp.mask)   # before a possibly long run
     fn = resolve(name)
     if "device" in params and "device" not in inspect.signature(fn).parameters:
         inp = dataclasses.replace(inp, device=params.pop("device"))
