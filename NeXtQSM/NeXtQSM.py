@@ -82,6 +82,7 @@ class NeXtQSMParameterNode:
     nextqsmFlips: Annotated[str, Choice(["1", "2", "4", "8"])] = "1"
     nextqsmRefine: Annotated[str, Choice(["auto", "on", "off"])] = "auto"
     nextqsmBfr: Annotated[str, Choice(["auto", "vsharp", "lbv", "unet"])] = "auto"
+    chiReference: Annotated[str, Choice(["none", "mean"])] = "none"
     roiNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
 
 
@@ -217,7 +218,8 @@ class NeXtQSMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 b0_dir=self.logic.parseVector(p.b0Direction) if p.overrideB0Direction else None,
                 device=p.device, field_kind=p.fieldKind, progress=self._onProgress,
                 method_params=self.logic.methodParams(methods, nextqsmFlips=int(p.nextqsmFlips),
-                                                     nextqsmRefine=p.nextqsmRefine, nextqsmBfr=p.nextqsmBfr))
+                                                     nextqsmRefine=p.nextqsmRefine, nextqsmBfr=p.nextqsmBfr,
+                                                     reference=p.chiReference))
             self.ui.progressBar.value = 0
             self.ui.stageLabel.text = "starting the worker..."
             self._timer.start()
@@ -319,11 +321,13 @@ class NeXtQSMLogic(ScriptedLoadableModuleLogic):
         return self.core.run(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)
 
     @staticmethod
-    def methodParams(methods, nextqsmFlips: int = 1, nextqsmRefine: str = "auto", nextqsmBfr: str = "auto") -> dict:
-        """Per-method parameters from the GUI's options (``nextqsm.slicer_logic.nextqsm_params``)."""
-        from nextqsm.slicer_logic import nextqsm_params
+    def methodParams(methods, nextqsmFlips: int = 1, nextqsmRefine: str = "auto", nextqsmBfr: str = "auto",
+                     reference: str = "none") -> dict:
+        """Per-method parameters from the GUI's options (``nextqsm.slicer_logic.nextqsm_params``, ``with_reference``)."""
+        from nextqsm.slicer_logic import nextqsm_params, with_reference
 
-        return nextqsm_params(methods, flips=nextqsmFlips, refine=nextqsmRefine, bfr=nextqsmBfr)
+        return with_reference(nextqsm_params(methods, flips=nextqsmFlips, refine=nextqsmRefine, bfr=nextqsmBfr),
+                              methods, reference)
 
     def start(self, phaseNode, maskNode=None, magnitudeNode=None, methods=("nextqsm",), **kwargs):
         return self.core.start(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)

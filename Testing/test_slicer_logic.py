@@ -237,6 +237,33 @@ def test_gui_options_reach_nextqsm(las_case):
     assert np.abs(chis[0]).max() > 0 and not np.allclose(chis[0], chis[1], atol=1e-6)
 
 
+def test_chi_reference_option_through_the_logic(las_case):
+    """The module's 'Chi reference: mean' option reaches every method through the worker: each chi then has zero mean
+    over its mask, the same map as without it up to a constant."""
+    from nextqsm.slicer_logic import with_reference
+
+    assert with_reference({"nextqsm": {"tta": 2}}, ["nextqsm", "tkd"], "none") == {"nextqsm": {"tta": 2}}
+    assert with_reference({"nextqsm": {"tta": 2}}, ["nextqsm", "tkd"], "mean") == {
+        "nextqsm": {"tta": 2, "reference": "mean"}, "tkd": {"reference": "mean"}}
+    with pytest.raises(ValueError):
+        with_reference({}, ["tkd"], "csf")
+    ph, d = las_case["phantom"], las_case["dir"]
+    nib.save(nib.Nifti1Image(ph.local_field.astype(np.float32), las_case["affine"]), str(d / "local.nii.gz"))
+    scene = slicer.vtkMRMLScene()
+    local = mrml.load_volume_with_storage_node(scene, d / "local.nii.gz", "local")
+    mask = mrml.load_volume_with_storage_node(scene, d / "mask.nii.gz", "mask", labelmap=True)
+    logic = QSMLogic(scene)
+    chis = []
+    for ref in ("none", "mean"):
+        out = logic.run(local, mask, methods=["tkd"], phase_units="ppm", device="cpu", field_kind="local",
+                        method_params=with_reference({}, ["tkd"], ref), timeout=300)
+        chis.append(mrml.array_from_volume(out.chi["tkd"]).copy())
+    m = mrml.array_from_volume(mask) > 0
+    inside = m & (chis[0] != 0)
+    assert abs(chis[0][inside].mean()) > 1e-5 and abs(chis[1][inside].mean()) < 1e-5
+    assert np.allclose(chis[1][inside] - chis[0][inside], -chis[0][inside].mean(), atol=1e-5)
+
+
 def test_clinician_path_wrapped_phase_and_magnitude_without_mask():
     """Sample data as a clinician gets it: wrapped phase + magnitude, TE/B0 from the node, automatic mask."""
     from nextqsm.sampledata import load_sample_into_scene

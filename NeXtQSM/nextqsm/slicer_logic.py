@@ -99,6 +99,18 @@ def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "
     return {"nextqsm": p} if p else {}
 
 
+def with_reference(params: dict, methods: Sequence[str], reference: str = "none") -> dict:
+    """``params`` ({method: {param: value}}) with every method's chi referenced (``reference``: 'none' | 'mean';
+    :func:`nextqsm.pipeline.apply_reference`). Returns a new dict."""
+    if reference not in ("none", "mean"):
+        raise ValueError(f"reference must be 'none' or 'mean', got {reference!r}")
+    out = {m: dict(p) for m, p in params.items()}
+    if reference != "none":
+        for m in methods:
+            out.setdefault(m, {})["reference"] = reference
+    return out
+
+
 def comparison_layout_xml(n_views: int, tag_prefix: str = "NeXtQSM") -> str:
     """Slicer layout XML: two rows (axial, coronal) of ``n_views`` slice views each.
 
