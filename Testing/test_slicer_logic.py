@@ -208,6 +208,16 @@ def test_helpers():
     assert "PyTorch not found" in describe_device_info({"torch": None})
 
 
+
+def _local_field_in_scene(las_case):
+    """(QSMLogic, local-field volume, mask labelmap) of the LAS case's phantom in a fresh scene."""
+    ph, d = las_case["phantom"], las_case["dir"]
+    nib.save(nib.Nifti1Image(ph.local_field.astype(np.float32), las_case["affine"]), str(d / "local.nii.gz"))
+    scene = slicer.vtkMRMLScene()
+    local = mrml.load_volume_with_storage_node(scene, d / "local.nii.gz", "local")
+    mask = mrml.load_volume_with_storage_node(scene, d / "mask.nii.gz", "mask", labelmap=True)
+    return QSMLogic(scene), local, mask
+
 def test_gui_options_reach_nextqsm(las_case):
     """The module's NeXtQSM options (flips, TV refinement auto/on/off) become run_nextqsm parameters and
     change the chi the worker returns for a local field."""
@@ -222,13 +232,7 @@ def test_gui_options_reach_nextqsm(las_case):
     with pytest.raises(ValueError, match="bfr"):
         nextqsm_params(["nextqsm"], bfr="pdf")
     pytest.importorskip("torch")
-    ph = las_case["phantom"]
-    d = las_case["dir"]
-    nib.save(nib.Nifti1Image(ph.local_field.astype(np.float32), las_case["affine"]), str(d / "local.nii.gz"))
-    scene = slicer.vtkMRMLScene()
-    local = mrml.load_volume_with_storage_node(scene, d / "local.nii.gz", "local")
-    mask = mrml.load_volume_with_storage_node(scene, d / "mask.nii.gz", "mask", labelmap=True)
-    logic = QSMLogic(scene)
+    logic, local, mask = _local_field_in_scene(las_case)
     chis = []
     for refine in ("auto", "off"):
         out = logic.run(local, mask, methods=["nextqsm"], phase_units="ppm", device="cpu", field_kind="local",
@@ -247,12 +251,7 @@ def test_chi_reference_option_through_the_logic(las_case):
         "nextqsm": {"tta": 2, "reference": "mean"}, "tkd": {"reference": "mean"}}
     with pytest.raises(ValueError):
         with_reference({}, ["tkd"], "csf")
-    ph, d = las_case["phantom"], las_case["dir"]
-    nib.save(nib.Nifti1Image(ph.local_field.astype(np.float32), las_case["affine"]), str(d / "local.nii.gz"))
-    scene = slicer.vtkMRMLScene()
-    local = mrml.load_volume_with_storage_node(scene, d / "local.nii.gz", "local")
-    mask = mrml.load_volume_with_storage_node(scene, d / "mask.nii.gz", "mask", labelmap=True)
-    logic = QSMLogic(scene)
+    logic, local, mask = _local_field_in_scene(las_case)
     chis = []
     for ref in ("none", "mean"):
         out = logic.run(local, mask, methods=["tkd"], phase_units="ppm", device="cpu", field_kind="local",
