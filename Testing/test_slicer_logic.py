@@ -208,7 +208,6 @@ def test_helpers():
     assert "PyTorch not found" in describe_device_info({"torch": None})
 
 
-
 def _local_field_in_scene(las_case):
     """(QSMLogic, local-field volume, mask labelmap) of the LAS case's phantom in a fresh scene."""
     ph, d = las_case["phantom"], las_case["dir"]
