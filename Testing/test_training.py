@@ -300,7 +300,7 @@ def test_mixed_vsharp_inputs_fill_rim_and_xsim_loss(tmp_path):
     assert [uses_vsharp(i, 0.5) for i in range(6)] == [True, False, True, False, True, True]
     assert all(uses_vsharp(i, 1.0) for i in range(5)) and not any(uses_vsharp(i, 0.0) for i in range(5))
     cfg = tiny_config(tmp_path / "r", phase1_steps=3, phase2_steps=0, train_bfr=False, train_baseline=False,
-                      xsim_weight=0.05)
+                      xsim_weight=0.05, mean_weight=1.0)
     cfg.model.vn["fill_rim"] = True
     cfg.data.vn_input, cfg.data.vsharp_frac, cfg.data.size = "vsharp", 0.5, 24
     cfg.data.kwargs = {"voxel_size": [4.0, 4.0, 4.0]}
@@ -314,6 +314,26 @@ def test_mixed_vsharp_inputs_fill_rim_and_xsim_loss(tmp_path):
 
     rows = list(csv.DictReader(open(tmp_path / "r" / "train.csv")))
     assert rows and all(0.0 < float(r["loss_xsim"]) <= 2.0 for r in rows)
+    assert all(0.0 <= float(r["loss_mean"]) < 1.0 for r in rows)   # train.mean_weight's term is logged too
+
+
+def test_mean_offset_term():
+    """train.mean_offset: |mean(a - b)| in the mask (ppm), blind to zero-mean structure and to voxels outside it."""
+    from nextqsm_training.train import mean_offset
+
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(2, 1, 8, 8, 8, generator=g) * 0.05
+    m = torch.zeros_like(b)
+    m[:, :, 2:6, 2:6, 2:6] = 1.0
+    a = b + 0.02 * m + 5.0 * (1 - m)            # +0.02 ppm inside, anything outside
+    assert abs(float(mean_offset(a, b, m)) - 0.02) < 1e-6
+    d = torch.randn(2, 1, 8, 8, 8, generator=g) * m
+    d = d - (d.sum(dim=(1, 2, 3, 4), keepdim=True) / m.sum(dim=(1, 2, 3, 4), keepdim=True)) * m
+    assert float(mean_offset(b + d, b, m)) < 1e-6    # zero-mean structure costs nothing
+    a = (b - 0.01).requires_grad_()
+    mean_offset(a, b, m).backward()
+    gin = a.grad[m > 0]
+    assert torch.allclose(gin, gin[0].expand_as(gin)) and float(gin[0]) < 0 and float(a.grad[m == 0].abs().max()) == 0
 
 
 def test_snapshots_and_checkpoint_average(tmp_path):

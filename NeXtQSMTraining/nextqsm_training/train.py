@@ -7,6 +7,8 @@ L1(BFR(total), LF)``; the baseline inversion U-Net keeps training on ``LF -> chi
 baseline's background U-Net is the phase-1 BFR (frozen copy taken at the phase switch).
 All L1 losses are mean absolute errors in ppm inside the mask (demeaned when
 ``train.demean_loss``: the dipole field does not determine the mean of chi).
+Optional terms on chi: ``train.xsim_weight`` x (1 - XSIM) and ``train.mean_weight`` x |mean(chi_hat - chi)|
+(the global level, which the demeaned L1 leaves free).
 
 Optimiser: Adam (lr 4e-4, betas 0.9/0.999) with linear warm-up and cosine decay over the
 configured total steps; the VN step sizes (``vn.rho``, lambda = softplus(rho)) use
@@ -343,6 +345,13 @@ def xsim_loss(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor
     return (1.0 - (s * m).sum(dim=(1, 2, 3, 4)) / n).mean()
 
 
+def mean_offset(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """|mean of (a - b) inside mask ``m``| (ppm; (B, 1, ...) tensors), averaged over the batch: the global level of
+    chi, which neither the demeaned L1 nor (for noisy input) a pointwise L1 pins to the truth's."""
+    n = m.sum(dim=(1, 2, 3, 4)).clamp_min(1.0)
+    return (((a - b) * m).sum(dim=(1, 2, 3, 4)) / n).abs().mean()
+
+
 def vn_inputs(vn: VariationalNetwork, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(field, data mask, output mask) of the VN's phase-1 input: ``vn_field``/``vn_mask`` (data.vn_input)
     or the true local field and mask; a ``fill_rim`` VN predicts chi on the whole mask."""
@@ -355,10 +364,11 @@ class Bundle(nn.Module):
     """All trained networks: ``bfr`` and ``vn`` (NeXtQSM) and ``base_inv`` (baseline inversion)."""
 
     def __init__(self, model_cfg, checkpointing: bool = False, baseline: bool = True, train_bfr: bool = True,
-                 xsim_weight: float = 0.0):
+                 xsim_weight: float = 0.0, mean_weight: float = 0.0):
         super().__init__()
         self.train_bfr = train_bfr
         self.xsim_weight = float(xsim_weight)
+        self.mean_weight = float(mean_weight)
         self.bfr = ScaledUNet(model_cfg.bfr, checkpointing)
         self.vn = VariationalNetwork(**model_cfg.vn, checkpointing=checkpointing)
         self.base_inv = ScaledUNet(model_cfg.baseline_inv, checkpointing) if baseline else None
@@ -381,6 +391,9 @@ class Bundle(nn.Module):
         if self.xsim_weight > 0:
             out["loss_xsim"] = xsim_loss(chi_hat, b["chi"] * mo, mo)
             out["loss_chi"] = out["loss_chi"] + self.xsim_weight * out["loss_xsim"]
+        if self.mean_weight > 0:
+            out["loss_mean"] = mean_offset(chi_hat, b["chi"] * mo, mo)
+            out["loss_chi"] = out["loss_chi"] + self.mean_weight * out["loss_mean"]
         loss = out["loss_lf"] + out["loss_chi"]
         if self.base_inv is not None:
             out["loss_base"] = l1(self.base_inv(b["local_field"], m), b["chi"], m, demean)
@@ -518,7 +531,8 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
     np.random.seed(tc.seed)
     random.seed(tc.seed)
 
-    bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline, tc.train_bfr, tc.xsim_weight).to(device)
+    bundle = Bundle(cfg.model, tc.checkpointing, tc.train_baseline, tc.train_bfr, tc.xsim_weight,
+                    tc.mean_weight).to(device)
     base_bfr: Optional[nn.Module] = None
     fast = {"vn.rho", "vn.lam_gain"}   # step sizes and their noise gains (noise_cond)
     rho = [p for n, p in bundle.named_parameters() if n in fast]
