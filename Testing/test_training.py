@@ -254,6 +254,21 @@ def test_gpu_lease_script_dry_run(tmp_path):
     assert "averaging" in log and len(st["metrics"]["averaged_steps"]) == 3 and st["metrics"]["averaged_steps"][-1] == st["step"]
 
 
+def test_gpu_lease_refuses_to_train_without_the_training_maps(tmp_path):
+    """Without SynthSeg maps the generator would silently fall back to procedural heads (session 15: 237 such steps
+    cost 12 NRMSE points): a real (non dry-run) gpu_lease call refuses to train, says why and how to fix it, rc 2."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "NEXTQSM_SYNTHSEG_DIR": str(tmp_path / "empty"),
+           "NEXTQSM_LABEL_CACHE": str(tmp_path / "labels")}
+    (tmp_path / "empty").mkdir()
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_lease.py"), "--budget", "30", "--skip", "tests",
+                        "bench", "--out-dir", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    log = (out / "log.txt").read_text()
+    assert "REFUSING TO TRAIN" in log and ".devdata/synthseg" in log and "--allow-procedural" in log
+    assert "== training" not in log and not (tmp_path / "run").exists()
+
+
 def test_csv_log_keeps_columns_when_a_resumed_run_logs_more(tmp_path):
     """A resumed run of a newer version may log a new metric: no row is shifted or lost."""
     import csv
@@ -315,6 +330,41 @@ def test_mixed_vsharp_inputs_fill_rim_and_xsim_loss(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "r" / "train.csv")))
     assert rows and all(0.0 < float(r["loss_xsim"]) <= 2.0 for r in rows)
     assert all(0.0 <= float(r["loss_mean"]) < 1.0 for r in rows)   # train.mean_weight's term is logged too
+
+
+def test_lbv_share_of_background_removal_inputs(tmp_path):
+    """data.lbv_frac: among the background-removal items, a deterministic share whose voxels are fine enough
+    (<= lbv_max_voxel_mm, the pipeline's bfr_fine threshold) gets exactly the pipeline's LBV (peel LBV_PEEL);
+    coarse items keep V-SHARP, the others the true local field."""
+    from nextqsm.methods.lbv import lbv
+    from nextqsm.methods.vsharp import vsharp
+    from nextqsm.models.inference import LBV_PEEL
+    from nextqsm_training.train import make_dataset, uses_lbv, uses_vsharp
+
+    assert all(uses_lbv(i, 1.0) for i in range(5)) and not any(uses_lbv(i, 0.0) for i in range(5))
+    picks = [uses_lbv(i, 0.5) for i in range(200)]
+    assert 0.4 < np.mean(picks) < 0.6
+    both = [uses_lbv(i, 0.5) for i in range(200) if uses_vsharp(i, 0.5)]
+    assert 0.35 < np.mean(both) < 0.65          # independent of the V-SHARP choice
+    cfg = tiny_config(tmp_path / "r", phase1_steps=1, phase2_steps=0)
+    cfg.data.vn_input, cfg.data.vsharp_frac, cfg.data.lbv_frac, cfg.data.size = "vsharp", 0.5, 1.0, 24
+    for vox, want in ((1.0, "lbv"), (2.0, "vsharp")):
+        cfg.data.kwargs = {"voxel_size": [vox] * 3}
+        ds = make_dataset(cfg.data, "train")
+        inner = ds.ds
+        for i in range(3):
+            it = ds[i]
+            m = it["mask"][0].numpy() > 0
+            got = inner.method(i, (vox,) * 3)
+            assert got == ("local" if not uses_vsharp(i, 0.5) else want)
+            if got == "local":
+                assert torch.equal(it["vn_field"], it["local_field"] * it["mask"])
+                continue
+            tf = it["total_field"][0].numpy()
+            lf, m2 = (lbv(tf, m, (vox,) * 3, peel=LBV_PEEL) if got == "lbv" else vsharp(tf, m, (vox,) * 3))
+            assert m2.sum() >= 64
+            np.testing.assert_allclose(it["vn_field"][0].numpy(), lf * m2, atol=1e-6)
+            assert np.array_equal(it["vn_mask"][0].numpy() > 0, m2)
 
 
 def test_mean_offset_term():

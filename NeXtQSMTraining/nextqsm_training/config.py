@@ -43,7 +43,9 @@ class DataConfig:
     (the true local field, the paper's choice) or ``'vsharp'`` (V-SHARP of the total field on its
     eroded mask: what the VN receives in the ``bfr=vsharp`` pipeline, errors of the background
     removal included); ``vsharp_frac`` < 1 gives V-SHARP inputs to that fraction of the items only
-    (the others keep the true local field; see ``train.uses_vsharp``).
+    (the others keep the true local field; see ``train.uses_vsharp``). ``lbv_frac``: the share of those
+    background-removal items that get LBV (the pipeline's ``bfr_fine`` at <= ``lbv_max_voxel_mm``) instead of
+    V-SHARP, among items whose largest voxel edge is at most ``lbv_max_voxel_mm`` (``train.uses_lbv``).
     """
 
     source: str = "hybrid"
@@ -58,6 +60,8 @@ class DataConfig:
     cache_dir: str | None = None
     vn_input: str = "local"
     vsharp_frac: float = 1.0
+    lbv_frac: float = 0.0
+    lbv_max_voxel_mm: float = 1.25
 
 
 @dataclass

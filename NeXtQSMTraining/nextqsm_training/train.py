@@ -122,31 +122,56 @@ def uses_vsharp(i: int, frac: float) -> bool:
     return frac >= 1.0 or (frac > 0.0 and (i * 0.6180339887498949) % 1.0 < frac)
 
 
-class VSharpInputs:
-    """Adds ``vn_field`` / ``vn_mask``: V-SHARP (``nextqsm.methods.vsharp``, default radii) of each
-    item's total field and its eroded mask, i.e. what the VN gets in the ``bfr=vsharp`` pipeline.
-    With ``frac`` < 1 only those items (:func:`uses_vsharp`); the others get the true local field."""
+def uses_lbv(i: int, frac: float) -> bool:
+    """Whether a background-removal item ``i`` (:func:`uses_vsharp`) gets LBV instead of V-SHARP when a fraction
+    ``frac`` of them should: the plastic-number sequence ``(i * 0.7548...) mod 1 < frac`` (independent of
+    :func:`uses_vsharp`'s golden-ratio sequence)."""
+    return frac >= 1.0 or (frac > 0.0 and (i * 0.7548776662466927) % 1.0 < frac)
 
-    def __init__(self, ds, frac: float = 1.0):
+
+class VSharpInputs:
+    """Adds ``vn_field`` / ``vn_mask``: the background-removed local field of each item's total field and its
+    mask, i.e. what the VN gets in the pipeline: V-SHARP (``nextqsm.methods.vsharp``, default radii; eroded
+    mask) or, for a share ``lbv_frac`` of them (:func:`uses_lbv`) whose largest voxel edge is at most
+    ``lbv_max_voxel_mm`` (the pipeline's ``bfr_fine`` threshold), LBV with the pipeline's peel
+    (``nextqsm.methods.lbv``, ``inference.LBV_PEEL``). With ``frac`` < 1 only those items
+    (:func:`uses_vsharp`); the others get the true local field."""
+
+    def __init__(self, ds, frac: float = 1.0, lbv_frac: float = 0.0, lbv_max_voxel_mm: float = 1.25):
         self.ds, self.frac = ds, float(frac)
+        self.lbv_frac, self.lbv_max_voxel_mm = float(lbv_frac), float(lbv_max_voxel_mm)
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> dict:
-        from nextqsm.methods.vsharp import vsharp
+    def method(self, i: int, voxel_size) -> str:
+        """'local', 'vsharp' or 'lbv': the input item ``i`` with ``voxel_size`` (mm) gets."""
+        if not uses_vsharp(i, self.frac):
+            return "local"
+        fine = max(float(v) for v in voxel_size) <= self.lbv_max_voxel_mm + 1e-6
+        return "lbv" if fine and uses_lbv(i, self.lbv_frac) else "vsharp"
 
+    def __getitem__(self, i: int) -> dict:
         item = dict(self.ds[i])
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
-        if not uses_vsharp(i, self.frac):
+        vs = tuple(float(v) for v in np.asarray(item["voxel_size"]).ravel())
+        how = self.method(i, vs)
+        if how == "local":
             m = np.asarray(item["mask"])[0]
             item["vn_field"], item["vn_mask"] = t(np.asarray(item["local_field"])[0] * m), t(m)
             return item
-        vs = tuple(float(v) for v in np.asarray(item["voxel_size"]).ravel())
         tf = np.asarray(item["total_field"])[0]
         m = np.asarray(item["mask"])[0] > 0
-        lf, m2 = vsharp(tf, m, vs)
-        if m2.sum() < 64:   # V-SHARP ate the mask (tiny patch): fall back to the true local field
+        if how == "lbv":
+            from nextqsm.methods.lbv import lbv
+            from nextqsm.models.inference import LBV_PEEL
+
+            lf, m2 = lbv(tf, m, vs, peel=LBV_PEEL)
+        else:
+            from nextqsm.methods.vsharp import vsharp
+
+            lf, m2 = vsharp(tf, m, vs)
+        if m2.sum() < 64:   # the background removal ate the mask (tiny patch): fall back to the true local field
             lf, m2 = np.asarray(item["local_field"])[0], m
         item["vn_field"], item["vn_mask"] = t(lf * m2), t(m2)
         return item
@@ -205,8 +230,9 @@ def make_dataset(data_cfg, split: str = "train"):
                             "use 'hybrid', 'make_pair' or 'toy'")
     tag = f"{split}_{data_cfg.source}_{data_cfg.size}_{seed}"
     if data_cfg.vn_input == "vsharp":
-        frac = float(data_cfg.vsharp_frac)
-        ds, tag = VSharpInputs(ds, frac), tag + ("_vsharp" if frac >= 1.0 else f"_vsharp{frac:g}")
+        frac, lfrac = float(data_cfg.vsharp_frac), float(data_cfg.lbv_frac)
+        ds = VSharpInputs(ds, frac, lfrac, data_cfg.lbv_max_voxel_mm)
+        tag += ("_vsharp" if frac >= 1.0 else f"_vsharp{frac:g}") + (f"_lbv{lfrac:g}" if lfrac > 0 else "")
     elif data_cfg.vn_input != "local":
         from nextqsm.errors import QSMInputError
 
