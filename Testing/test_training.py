@@ -111,6 +111,40 @@ def test_worker_prefetch_gives_the_same_batches_and_weights(tmp_path):
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
+def test_data_echo_reuses_each_batch_with_exact_physics_and_resumes_exactly(tmp_path):
+    """train.echo = 2: steps 2d and 2d + 1 share data step d's generated items; the echo copy is re-augmented
+    (still the forward model's field for its chi, B0 and voxel size); step 2d is the un-echoed run's step d;
+    a resume from an odd step gives the same stream and the same weights; echo < 1 is a clear error."""
+    from nextqsm_training.train import batches, make_dataset
+
+    cpu = torch.device("cpu")
+    cfg = tiny_config(tmp_path / "x", echo=2)
+    cfg.data.n_train = 50
+    ds = make_dataset(cfg.data, "train")
+    full = list(batches(ds, 0, 6, 0, 1, cfg.train, 0, True, cpu))
+    plain = list(batches(ds, 0, 3, 0, 1, tiny_config(tmp_path / "y").train, 0, True, cpu))
+    assert len(full) == 6
+    for d in range(3):
+        a, e = full[2 * d], full[2 * d + 1]
+        assert all(torch.equal(a[k], plain[d][k]) for k in a)            # the generated batch itself
+        assert any(not torch.equal(a[k], e[k]) for k in ("chi", "b0_dir"))  # re-augmented, not a copy
+        for i in range(len(a["chi"])):
+            assert torch.equal(torch.sort(a["chi"][i].flatten()).values, torch.sort(e["chi"][i].flatten()).values)
+            f = forward_field(e["chi"][i, 0].numpy(), e["voxel_size"][i].tolist(), e["b0_dir"][i].tolist())
+            ref = e["local_field"][i, 0].numpy()
+            assert np.abs(f * e["mask"][i, 0].numpy() - ref).max() <= 0.02 * np.abs(ref).max()
+    assert not torch.equal(full[0]["chi"], full[2]["chi"])              # a new data step brings new items
+    resumed = list(batches(ds, 3, 6, 0, 1, cfg.train, 0, True, cpu))
+    assert len(resumed) == 3 and all(all(torch.equal(r[k], f[k]) for k in r) for r, f in zip(resumed, full[3:]))
+    fit(tiny_config(tmp_path / "a", echo=2), max_steps=4)
+    fit(tiny_config(tmp_path / "b", echo=2), max_steps=3)
+    fit(tiny_config(tmp_path / "b", echo=2), resume=True, max_steps=4)
+    pa, pb = _params(tmp_path / "a" / "last.pt"), _params(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    with pytest.raises(QSMInputError, match="echo"):
+        list(batches(ds, 0, 2, 0, 1, tiny_config(tmp_path / "z", echo=0).train, 0, True, cpu))
+
+
 def test_wall_time_limit_checkpoints_and_resume_finishes(tmp_path):
     """train.max_minutes stops the chunk (validated, checkpointed); --resume completes the run."""
     cfg = tiny_config(tmp_path / "r", max_minutes=1e-9)
@@ -235,12 +269,12 @@ def test_vn_fine_tuning_on_vsharp_inputs(tmp_path):
 def test_gpu_lease_script_dry_run(tmp_path):
     """scripts/gpu_lease.py (the bounded session on a lent GPU) runs end to end on the CPU (--dry-run):
     trains within its budget (45 s: preparing the label maps alone takes ~20 s on a loaded 2-core machine) and packs a model-only checkpoint (here the average of the last snapshots)
-    in <= 15 MiB chunks that join back."""
+    in <= 15 MiB chunks that join back; --echo 2 (data echoing) on the way."""
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "NEXTQSM_LABEL_CACHE": str(tmp_path / "labels")}
     p = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_lease.py"), "--dry-run", "--budget", "45",
                         "--reserve", "5", "--sec-per-step", "1.0", "--skip", "tests", "--out-dir", str(tmp_path / "run"),
-                        "--average", "3"],
+                        "--average", "3", "--echo", "2"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     log = (out / "log.txt").read_text()
@@ -250,6 +284,7 @@ def test_gpu_lease_script_dry_run(tmp_path):
     (tmp_path / "p1.pt").write_bytes(b"".join(c.read_bytes() for c in chunks))
     st = torch.load(tmp_path / "p1.pt", weights_only=False)
     assert st["step"] > 0 and "vn.rho" in st["model"] and (out / "runlogs.tar.gz").exists()
+    assert st["config"]["train"]["echo"] == 2
     # --average 3: the packed phase end is the mean of the phase's last three weight snapshots
     assert "averaging" in log and len(st["metrics"]["averaged_steps"]) == 3 and st["metrics"]["averaged_steps"][-1] == st["step"]
 

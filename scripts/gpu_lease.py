@@ -151,6 +151,8 @@ def train(args) -> None:
     def config(out: str):
         cfg = load_config(REPO / "NeXtQSMTraining/nextqsm_training/configs" / args.config)
         cfg.out_dir = out
+        if args.echo:
+            cfg.train.echo = args.echo
         if args.dry_run:
             cfg.data.size, cfg.train.batch_size, cfg.train.workers, cfg.train.device = 24, 1, 2, "cpu"
             cfg.data.n_val = 1
@@ -237,6 +239,8 @@ def main() -> int:
                     help="pack the uniform average of each phase's last K weight snapshots instead of its last step")
     ap.add_argument("--val-every", type=int, default=None, help="validation interval in steps (default: 1/8 of the run)")
     ap.add_argument("--bench-weights", default=None, help="checkpoint to export and benchmark on the GPU too")
+    ap.add_argument("--echo", type=int, default=None,
+                    help="data echoing (train.echo): each generated batch feeds N steps, re-augmented; for data-bound runs")
     ap.add_argument("--allow-procedural", action="store_true",
                     help="train even when no SynthSeg training maps are found (the generator then uses procedural "
                          "heads, which cost the session-15 VN 12 NRMSE points on SynthSeg heads)")

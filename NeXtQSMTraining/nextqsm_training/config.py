@@ -96,6 +96,8 @@ class TrainConfig:
     train_bfr: bool = True      # False: the background U-Net stays as initialised (VN-only fine-tuning)
     init_from: str | None = None  # checkpoint whose model weights start a fresh run (ignored on --resume)
     workers: int = 0            # DataLoader worker processes generating batches ahead (0 = in the loop)
+    echo: int = 1               # > 1: data echoing, each generated batch feeds `echo` consecutive steps, re-augmented
+    #   (train.echoed): for runs bound by data generation (GPU: the networks wait for the CPU generator)
     max_minutes: float | None = None  # wall-clock limit: validate, checkpoint and stop (resume goes on)
 
 

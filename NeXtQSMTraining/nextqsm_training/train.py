@@ -21,6 +21,8 @@ data position is the step; checkpoints (``out_dir/last.pt``, written atomically 
 ``ckpt_every`` steps) also hold the optimiser, scheduler and all RNG states.
 Logs: ``train.csv``, ``val.csv`` and TensorBoard in ``out_dir/tb``; tqdm progress on rank 0.
 ``train.workers > 0`` generates the batches ahead in worker processes (same items, same order);
+``train.echo = E > 1`` (data echoing): step ``t`` uses the batch of data step ``t // E``, each sample
+re-augmented with seed ``(seed, ECHO_SALT, t, slot)`` unless ``t % E == 0`` (still exact physics, exact resume);
 ``train.max_minutes`` stops a chunk on wall time (validated and checkpointed; ``--resume`` goes on).
 """
 from __future__ import annotations
@@ -325,9 +327,41 @@ def _label_sources(ds) -> list:
 PREFETCH_FACTOR = 4
 
 
+#: separates the echo copies' augmentation seeds from the items' own (seed, g)
+ECHO_SALT = 104729
+
+
+def echo_augment(b: dict, seed: tuple) -> dict:
+    """Batch ``b`` (on any device) with every sample re-augmented by :func:`augment` (seed ``seed + (slot,)``):
+    a composition of exact flips/swaps, so the physics still holds."""
+    n = len(b["b0_dir"])
+    return _collate([augment({k: v[i] for k, v in b.items()}, tuple(seed) + (i,)) for i in range(n)])
+
+
 def batches(ds, start: int, end: int, rank: int, world: int, tc, seed: int, aug: bool, device):
     """Batches of steps ``start..end-1`` on ``device``: exactly :func:`get_batch`'s, made ahead by
-    ``tc.workers`` processes (each generates whole items; the order is kept)."""
+    ``tc.workers`` processes (each generates whole items; the order is kept). With ``tc.echo = E > 1``
+    step ``t`` gets data step ``t // E``'s batch, re-augmented (:func:`echo_augment`) unless ``t % E == 0``."""
+    echo = getattr(tc, "echo", 1)
+    if isinstance(echo, bool) or not isinstance(echo, int) or echo < 1:
+        from nextqsm.errors import QSMInputError
+
+        raise QSMInputError("config.train.echo", f"must be an integer >= 1, got {echo!r}", "use 1 (off) or 2-4")
+    if echo > 1:
+        if end <= start:
+            return
+        d0, d1 = start // echo, (end - 1) // echo + 1
+        for d, b in zip(range(d0, d1), _batches(ds, d0, d1, rank, world, tc, seed, aug, device)):
+            for e in range(echo):
+                t = d * echo + e
+                if start <= t < end:
+                    yield b if e == 0 else echo_augment(b, (seed, ECHO_SALT, t))
+        return
+    yield from _batches(ds, start, end, rank, world, tc, seed, aug, device)
+
+
+def _batches(ds, start: int, end: int, rank: int, world: int, tc, seed: int, aug: bool, device):
+    """:func:`batches` without echo: the batches of (data) steps ``start..end-1``."""
     if tc.workers <= 0:
         for step in range(start, end):
             yield get_batch(ds, step, rank, world, tc.batch_size, seed, aug, device)
