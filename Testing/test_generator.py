@@ -422,3 +422,41 @@ def test_wm_anisotropy_adds_a_field_but_keeps_the_target():
     assert 0.02 < d_loc.std() / base["local_field"][m].std() < 0.8
     off = simulate.make_pair(5, wm_anisotropy=(0.0, 0.02, 0.02), **kw)
     assert np.array_equal(off["local_field"], base["local_field"])
+
+
+def test_gaussian_blur_matches_scipy_and_partial_volume_stays_in_its_region():
+    """susceptibility.gaussian_blur = scipy's gaussian_filter (zero outside, 3-sigma truncation); partial_volume
+    blurs chi only inside the region, keeps a constant there constant and leaves the outside untouched."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(17, 14, 12)).astype(np.float32)
+    got = susceptibility.gaussian_blur(torch.from_numpy(x), 0.8).numpy()
+    np.testing.assert_allclose(got, ndi.gaussian_filter(x, 0.8, mode="constant", truncate=3.0), atol=1e-5)
+    region = torch.zeros(x.shape, dtype=torch.bool)
+    region[3:14, 2:12, 2:10] = True
+    chi = torch.from_numpy(x.copy())
+    chi[region] = 0.05
+    out = chi.clone()
+    susceptibility.partial_volume(out, region, 1.0)
+    assert torch.equal(out[~region], chi[~region]) and torch.allclose(out[region], torch.full_like(out[region], 0.05))
+    step = torch.where(region, torch.from_numpy((np.arange(17) > 8).astype(np.float32))[:, None, None] * 0.1, chi)
+    sm = step.clone()
+    susceptibility.partial_volume(sm, region, 1.0)
+    g = lambda a: float((torch.diff(a, dim=0)[region[1:] & region[:-1]] ** 2).sum())  # noqa: E731
+    assert g(sm) < 0.5 * g(step) and torch.equal(sm[~region], step[~region])
+
+
+def test_chi_blur_smooths_the_target_and_keeps_the_physics():
+    """chi_blur: the brain's chi is blurred (smaller gradient energy), its field is still the forward model's,
+    and with the probability 0 the pair is exactly the old one (no random draw)."""
+    kw = dict(size=48, source=PROC)
+    base = simulate.make_pair(5, **kw)
+    bl = simulate.make_pair(5, chi_blur=(1.0, 1.0, 1.0), **kw)
+    m = bl["mask"].astype(bool)
+    grad = lambda c: sum(float((np.diff(c, axis=a)[(np.diff(m.astype(int), axis=a) == 0) & np.take(m, range(1, m.shape[a]), axis=a)] ** 2).sum()) for a in range(3))  # noqa: E731
+    assert grad(bl["chi"]) < 0.7 * grad(base["chi"])
+    ref = forward_field(bl["chi"], bl["voxel_size"], bl["b0_dir"])
+    assert nrmse(bl["local_field"], ref, m) < 0.02
+    off = simulate.make_pair(5, chi_blur=(0.0, 1.0, 1.0), **kw)
+    assert all(np.array_equal(off[k], base[k]) for k in ("chi", "local_field", "total_field"))

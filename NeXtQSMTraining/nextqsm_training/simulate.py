@@ -50,8 +50,8 @@ from . import deform as dfm
 from .external import dilate, erode, binomial_blur, harmonic_polynomial, random_ellipsoids
 from .label_sources import LabelSource, expand_sources
 from .labels import Tissue, VENTRICLE_LABELS, is_brain_label, is_mask_label, tissue_lut
-from .susceptibility import (add_lesions, add_spots, add_texture, add_veins, region_points, sample_label_values,
-                             smooth_field)
+from .susceptibility import (add_lesions, add_spots, add_texture, add_veins, partial_volume, region_points,
+                             sample_label_values, smooth_field)
 
 #: Default options of :func:`make_pair` (override any of them as keyword arguments).
 DEFAULTS: dict[str, Any] = dict(
@@ -73,6 +73,9 @@ DEFAULTS: dict[str, Any] = dict(
     noise_corr=(0.0, 1.5, 4.0),    # (probability, min, max correlation length in voxels): part of the
                                    # noise variance (30-100 %) is spatially smooth, as real fields'
                                    # departures from the dipole model are (module docstring)
+    chi_blur=(0.0, 0.3, 1.2),      # (probability, min, max Gaussian std in voxels) of a partial-volume blur of
+                                   # the brain's chi (susceptibility.partial_volume): real maps have no voxel-sharp
+                                   # label edges; a VN trained without it lost to TKD on blurred chi (session 15)
     wm_anisotropy=(0.0, 0.01, 0.03),   # (probability, min, max |chi_par - chi_perp| ppm) in white matter,
                                    # fibre directions a smooth random unit-vector field (module docstring)
     pad=None,                      # zero padding per side for the FFTs (default size // 6)
@@ -341,6 +344,9 @@ def make_pair(seed: int, size: int = 64, source=None, return_labels: bool = Fals
         add_spots(chi, brain, rng, vs, o["microbleeds"], value=(0.5, 1.5), radius_mm=(0.8, 2.0), points=pts)
     if o["calcifications"]:
         add_spots(chi, brain, rng, vs, o["calcifications"], value=(-1.2, -0.4), radius_mm=(1.0, 3.0), points=pts)
+    p_b, lo_b, hi_b = o["chi_blur"]
+    if p_b and rng.random() < p_b:   # no draw when off: older configs keep their data
+        partial_volume(chi, brain, float(rng.uniform(lo_b, hi_b)))
 
     # --- external sources: head classes outside the mask + random ellipsoids
     keep_out = dilate(mask | anat, max(1, int(round(2.0 / float(vs.min())))))   # ellipsoids: never in the brain

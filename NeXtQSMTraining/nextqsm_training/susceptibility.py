@@ -19,7 +19,8 @@ Left and right labels are drawn independently (realistic asymmetry). CSF stays n
 reference). On top: smooth within-label texture (random low-resolution Gaussian field, amplitude
 up to ``texture_ppm``), veins (tubes along random smooth curves, 0.25-0.45 ppm), optional lesions
 (ellipsoids in the brain, +-0.02-0.08 ppm), microbleeds (spheres 0.5-1.5 ppm, paramagnetic) and
-calcifications (spheres -0.4 to -1.2 ppm, diamagnetic).
+calcifications (spheres -0.4 to -1.2 ppm, diamagnetic). Optionally (``chi_blur`` in
+``simulate.make_pair``) the brain's chi is blurred by a Gaussian of random width (:func:`partial_volume`).
 Extra-cerebral classes (air, bone, marrow, soft tissue, venous sinuses) keep their physical values
 (not globally scaled), with their own per-label jitter.
 """
@@ -63,6 +64,35 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int], low: int, devic
     n = torch.from_numpy(rng.standard_normal((1, 1, low, low, low)).astype(np.float32)).to(device)
     f = F.interpolate(n, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)[0, 0]
     return (f - f.mean()) / (f.std() + 1e-6)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (std ``sigma`` voxels, truncated at 3 sigma) of an (i, j, k) tensor; zero outside."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(3.0 * sigma + 0.5))   # as scipy.ndimage.gaussian_filter(truncate=3)
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    y = x[None, None]
+    for ax in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + ax] = k.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = r
+        y = F.conv3d(F.pad(y, pad), k.view(shape))
+    return y[0, 0]
+
+
+def partial_volume(chi: torch.Tensor, region: torch.Tensor, sigma: float) -> None:
+    """Blur ``chi`` inside ``region`` in place with a Gaussian of std ``sigma`` voxels, normalised to the region
+    (values outside it neither enter nor change): the partial-volume and point-spread smoothing of real chi maps,
+    whose tissue boundaries are not the label maps' voxel-sharp steps."""
+    if sigma <= 0:
+        return
+    w = region.to(chi.dtype)
+    num, den = gaussian_blur(chi * w, sigma), gaussian_blur(w, sigma)
+    chi.copy_(torch.where(region, num / den.clamp_min(1e-6), chi))
 
 
 def add_texture(chi: torch.Tensor, region: torch.Tensor, rng: np.random.Generator, max_ppm: float = 0.02) -> None:
