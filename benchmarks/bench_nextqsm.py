@@ -155,7 +155,7 @@ def bench_challenge(log) -> dict:
 
 
 def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None = None, bfr: str | None = None,
-              kind: str = "total") -> dict:
+              kind: str = "total", params: dict | None = None) -> dict:
     """One inference in this process on a synthetic volume of ``shape`` (ellipsoid mask).
 
     ``kind='total'``: white-noise total field (the U-Net / V-SHARP path). ``kind='local'``: the dipole field of a
@@ -181,13 +181,13 @@ def speed_one(shape: tuple[int, int, int], threads: int, weights_dir: str | None
     inp = QSMInput(field=field, mask=mask, kind=kind, voxel_size=(1.0, 1.0, 1.0))
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
-    res = run("nextqsm", inp, device="cpu", weights_dir=weights_dir, bfr=bfr)
+    res = run("nextqsm", inp, device="cpu", weights_dir=weights_dir, bfr=bfr, **(params or {}))
     total = time.perf_counter() - t
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     peak_mb = r1.ru_maxrss / 1024
     return {"shape": list(shape), "threads": threads, "input": kind, "bfr": res.params.get("bfr"),
-            "refine": res.params.get("refine"), "seconds": round(total, 1),
+            "refine": res.params.get("refine"), "precision": res.params.get("precision"), "seconds": round(total, 1),
             "cpu_seconds": round(cpu, 1),
             "loadavg_1min": round(os.getloadavg()[0], 1),
             "timings": {k: round(v, 2) for k, v in res.timings.items()}, "peak_rss_mb": round(peak_mb),
@@ -198,7 +198,7 @@ def bench_speed(shapes, threads, log, weights_dir=None, bfr=None, kind="total") 
     rows = []
     for s in shapes:
         extra = (["--weights-dir", str(weights_dir)] if weights_dir else []) + (["--bfr", bfr] if bfr else []) \
-            + ["--speed-input", kind]
+            + ["--speed-input", kind] + [f"--nextqsm-param={k}={v}" for k, v in NEXTQSM_PARAMS.items()]
         p = subprocess.run([sys.executable, __file__, "--speed-one", *map(str, s), "--threads", str(threads), *extra],
                            capture_output=True, text=True)
         try:
@@ -279,15 +279,16 @@ def write_md(res: dict, path: Path, argv: list[str], weights_dir=None) -> None:
               "Wall seconds on the shared machine are inflated by the other jobs (load average given); CPU seconds "
               "(user + system, all threads) is the work done: on an idle machine the wall time lies between "
               "CPU s / threads and CPU s.", "",
-              "| shape | BFR | threads | crop | wall s | CPU s | load avg | BFR s | VN s | peak RSS MB |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| shape | BFR | threads | precision | crop | wall s | CPU s | load avg | BFR s | VN s | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["speed"]:
             if "seconds" in r:
                 t = r["timings"]
                 bs = t.get("bfr", t.get("vsharp", t.get("lbv")))
                 bfr_cell = (f"none (local field in; TV refinement {t.get('refine')} s)" if r.get("input") == "local"
                             else r.get("bfr", "unet"))
-                L.append(f"| {r['shape']} | {bfr_cell} | {r['threads']} | {r['crop']} | {r['seconds']} | "
+                L.append(f"| {r['shape']} | {bfr_cell} | {r['threads']} | {r.get('precision') or 'float32'} | "
+                         f"{r['crop']} | {r['seconds']} | "
                          f"{r.get('cpu_seconds')} | {r.get('loadavg_1min')} | {bs} | {t.get('inversion')} | {r['peak_rss_mb']} |")
             else:
                 L.append(f"| {r['shape']} | error | {r.get('error', '')[:100]} |")
@@ -316,18 +317,19 @@ def main(argv=None) -> int:
                     help="speed runs: total field (default) or a user-supplied local field (VN + TV refinement)")
     ap.add_argument("--speed-one", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.speed_one:
-        print(json.dumps(speed_one(tuple(args.speed_one), args.threads, args.weights_dir, args.bfr, args.speed_input)))
-        return 0
-    import torch
-
-    global WEIGHTS_DIR
-    WEIGHTS_DIR = args.weights_dir
     for kv in args.nextqsm_param:
         from nextqsm.cli import _parse_param
 
         k, v = _parse_param(kv)
         NEXTQSM_PARAMS[k] = v
+    if args.speed_one:
+        print(json.dumps(speed_one(tuple(args.speed_one), args.threads, args.weights_dir, args.bfr, args.speed_input,
+                                   NEXTQSM_PARAMS)))
+        return 0
+    import torch
+
+    global WEIGHTS_DIR
+    WEIGHTS_DIR = args.weights_dir
     torch.set_num_threads(args.threads)
     log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)
     methods, skipped = available(args.methods)

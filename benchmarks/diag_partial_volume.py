@@ -24,19 +24,31 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "NeXtQSM"), str(HERE.parent / "NeXtQSMTraining")]
 
 
+def blurred_case(h: dict, sigma: float, b0_dir=(0.0, 0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """``h`` (a :func:`realistic_head` dict) with chi blurred inside its mask by ``sigma`` voxels: (chi ppm, its true
+    local field ppm, both masked)."""
+    import torch
+
+    from nextqsm.dipole import forward_field
+    from nextqsm_training.susceptibility import partial_volume
+
+    m = h["mask"] > 0
+    c = torch.from_numpy(h["chi"].copy())
+    partial_volume(c, torch.from_numpy(m), sigma)
+    chi = c.numpy() * m
+    f = (forward_field(chi, tuple(float(x) for x in h["voxel_size"]), b0_dir) * m).astype(np.float32)
+    return chi, f
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights-dir", default=None)
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.5, 0.8, 1.2])
     ap.add_argument("--out", default=str(HERE / "results_diag_partial_volume.md"))
     a = ap.parse_args(argv)
-    import torch
-
-    from nextqsm.dipole import forward_field
     from nextqsm.metrics import nrmse, xsim
     from nextqsm.pipeline import QSMInput, run
     from nextqsm_training.heads import realistic_head
-    from nextqsm_training.susceptibility import partial_volume
 
     kw = {"weights_dir": a.weights_dir} if a.weights_dir else {}
     L = ["# The inversion alone on synthetic heads with blurred (partial-volume) chi", "",
@@ -49,10 +61,7 @@ def main(argv=None) -> int:
         m = h["mask"] > 0
         v = tuple(float(x) for x in h["voxel_size"])
         for s in a.sigmas:
-            c = torch.from_numpy(h["chi"].copy())
-            partial_volume(c, torch.from_numpy(m), s)
-            chi = c.numpy() * m
-            f = (forward_field(chi, v, (0.0, 0.0, 1.0)) * m).astype(np.float32)
+            chi, f = blurred_case(h, s)
             inp = QSMInput(field=f, mask=m, kind="local", voxel_size=v, b0_dir=(0.0, 0.0, 1.0))
             xs = [run("nextqsm", inp, refine=False, dc_mu=0.0, **kw).chi, run("nextqsm", inp, refine=False, **kw).chi,
                   run("tkd", inp).chi]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -31,11 +30,6 @@ MAPS = (1, 2, 3, 4)
 TILTS = (0.0, 25.0)
 
 
-def tilted_b0(deg: float) -> tuple[float, float, float]:
-    t = math.radians(float(deg))
-    return (0.0, math.sin(t), math.cos(t))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="+", metavar="NAME=DIR", help="weights folders to compare")
@@ -44,15 +38,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-total", action="store_true", help="skip the total-field cases")
     ap.add_argument("--out", default=None, help="JSON results (default: print only)")
     a = ap.parse_args(argv)
-    import torch
+    from bench_nextqsm import tilted_b0
+    from diag_partial_volume import blurred_case
 
-    from nextqsm.dipole import forward_field
     from nextqsm.metrics import nrmse, xsim
     from nextqsm.pipeline import QSMInput, run
     from nextqsm_training.heads import HELD_OUT, realistic_head
-    from nextqsm_training.susceptibility import partial_volume
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     ws = dict(w.split("=", 1) for w in a.weights)
     if set(a.maps) & set(HELD_OUT):
         raise SystemExit(f"maps {sorted(set(a.maps) & set(HELD_OUT))} are held out: select on training maps only")
@@ -76,10 +68,7 @@ def main(argv=None) -> int:
             m = h["mask"] > 0
             v = tuple(map(float, h["voxel_size"]))
             for s in a.blur:
-                c0 = torch.from_numpy(h["chi"].copy())
-                partial_volume(c0, torch.from_numpy(m), s)
-                truth = c0.numpy() * m
-                f = (forward_field(truth, v, (0.0, 0.0, 1.0)) * m).astype(np.float32)
+                truth, f = blurred_case(h, s)
                 inp = QSMInput(field=f, mask=m, kind="local", voxel_size=v, b0_dir=(0.0, 0.0, 1.0))
                 for n, w in ws.items():
                     chi = run("nextqsm", inp, weights_dir=w, refine=False).chi

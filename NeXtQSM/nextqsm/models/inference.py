@@ -59,6 +59,29 @@ from ..validation import check_finite
 
 #: channels-last convolution weights for CPU inference (see the module notes)
 CPU_CHANNELS_LAST = True
+#: ``precision`` choices of the networks' convolutions (the FFT data term, consistency step and refinement stay float32)
+PRECISIONS = ("auto", "float32", "bfloat16")
+#: what ``precision='auto'`` uses on a CPU with native bfloat16 (AVX512-BF16 / AMX); elsewhere 'auto' is float32
+CPU_AUTO_PRECISION = "float32"
+
+
+def compute_dtype(precision: str, dev: str):
+    """The U-Nets' compute dtype for ``precision`` on device ``dev`` (None = float32); a clear error when asked
+    for bfloat16 where it is not supported."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise QSMInputError("precision", f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    cuda = dev.startswith("cuda")
+    native = (torch.cuda.is_bf16_supported() if cuda else
+              bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    if precision == "auto":
+        precision = CPU_AUTO_PRECISION if (not cuda and native) else "float32"
+    if precision == "float32":
+        return None
+    if not (native or (not cuda and torch.ops.mkldnn._is_mkldnn_bf16_supported())):
+        raise QSMInputError("precision", f"bfloat16 is not supported on {dev}", "use precision=float32")
+    return torch.bfloat16
 
 
 def bbox(mask: np.ndarray, margin: int = 8) -> tuple[slice, ...]:
@@ -107,13 +130,15 @@ def _check(inp: QSMInput) -> None:
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
          overlap, max_voxels, method: str, bfr: Optional[str] = "unet",
          out_mask: Optional[np.ndarray] = None, tta: int = 1, dc_mu: Optional[float] = None,
-         refine: Optional[bool] = None, refine_l: Optional[float] = None) -> QSMResult:
+         refine: Optional[bool] = None, refine_l: Optional[float] = None, precision: str = "auto") -> QSMResult:
     import torch
 
+    from .unet import UNet3D
     from .vn import VariationalNetwork
     from .weights import load_model
 
     _check(inp)
+    compute_dtype(precision, "cpu")   # an unknown precision fails before any work
     t0 = time.perf_counter()
     if bfr is None:  # the manifest may say which background removal the shipped weights should use
         from .weights import load_manifest
@@ -159,7 +184,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         t_bfr = time.perf_counter() - t0
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
                    margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta,
-                   dc_mu=dc_mu, refine=refine_cfg is not None, refine_l=None if refine_cfg is None else refine_cfg["l"])
+                   dc_mu=dc_mu, refine=refine_cfg is not None, refine_l=None if refine_cfg is None else refine_cfg["l"],
+                   precision=precision)
         res.timings[bfr] = t_bfr
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = bfr
@@ -192,6 +218,12 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         fmt = torch.channels_last_3d if (dev == "cpu" and CPU_CHANNELS_LAST) else torch.contiguous_format
         bf = bfr_net.to(dev, memory_format=fmt) if bfr_net is not None else None
         iv = inv.to(dev, memory_format=fmt)
+        cdt = compute_dtype(precision, dev)
+        for net in (bf, iv):
+            for mod in (net.modules() if net is not None else ()):
+                if isinstance(mod, UNet3D):
+                    mod.compute_dtype = cdt
+        params["precision"] = "float32" if cdt is None else "bfloat16"
         if tile is not None or nvox > max_voxels:  # tile the local U-Net calls; the FFT data term stays global
             for net in (bf, iv):
                 if net is not None:
@@ -341,7 +373,7 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
                 pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
                 max_voxels: int = 24_000_000, bfr: Optional[str] = None, tta: int = 1,
                 dc_mu: Optional[float] = None, refine: Optional[bool] = None, refine_l: Optional[float] = None,
-                **unknown) -> QSMResult:
+                precision: str = "auto", **unknown) -> QSMResult:
     """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
 
     Args:
@@ -366,18 +398,21 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
         refine: TV refinement of the VN's chi (:mod:`nextqsm.models.refine`): ``None`` = on for
             ``kind='local'`` input (the manifest's ``defaults.refine_local``), off for ``kind='total'``;
             True / False force it. ``refine_l``: fixed scale-free TV weight instead of ``l(c)``.
+        precision: the U-Nets' convolutions in 'float32' or 'bfloat16' (autocast; the FFT data term stays
+            float32); 'auto': :data:`CPU_AUTO_PRECISION` on a CPU with native bfloat16, else float32.
     Returns: QSMResult with chi and the local field (ppm, zero outside the mask), timings in s.
     """
     _check_unused(unknown, "nextqsm")
     return _run(inp, ("nextqsm-bfr", "nextqsm-vn"), progress, weights_dir, device, margin, pad, tile, overlap,
-                max_voxels, "nextqsm", bfr, tta=tta, dc_mu=dc_mu, refine=refine, refine_l=refine_l)
+                max_voxels, "nextqsm", bfr, tta=tta, dc_mu=dc_mu, refine=refine, refine_l=refine_l,
+                precision=precision)
 
 
 def run_unet_baseline(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                       tile: Optional[int] = None, overlap: int = 16, max_voxels: int = 24_000_000,
-                      **unknown) -> QSMResult:
+                      precision: str = "auto", **unknown) -> QSMResult:
     """Model-agnostic baseline (SHARQnet + DeepQSM style): U-Net background removal then a U-Net
     inversion, no data consistency. Same inputs/outputs as :func:`run_nextqsm`; assumes B0 along k."""
     _check_unused(unknown, "unet-baseline")
     return _run(inp, ("baseline-bfr", "baseline-inv"), progress, weights_dir, device, margin, None, tile, overlap,
-                max_voxels, "unet-baseline")
+                max_voxels, "unet-baseline", precision=precision)

@@ -125,11 +125,21 @@ class UNet3D(nn.Module):
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.weight, std=1e-3)  # start close to the identity / zero map
 
+    #: inference-time compute precision (not saved): ``None`` = the input's dtype; ``torch.bfloat16`` runs the
+    #: convolutions under autocast and returns the input's dtype (``run_nextqsm(..., precision=...)``)
+    compute_dtype: torch.dtype | None = None
+
     @property
     def multiple(self) -> int:
         return 2 ** self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is not None and self.compute_dtype != x.dtype:
+            with torch.autocast(x.device.type, dtype=self.compute_dtype):
+                return self._forward(x).to(x.dtype)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[-3:]
         m = self.multiple
         pads = []
