@@ -93,6 +93,28 @@ def test_resume_is_exact(tmp_path):
     assert (tmp_path / "a" / "val.csv").exists() and any((tmp_path / "a" / "tb").iterdir())
 
 
+def _native_bf16() -> bool:
+    from nextqsm.models.inference import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="this CPU has no native bfloat16")
+def test_cpu_bfloat16_training_is_close_to_float32_and_resumes_exactly(tmp_path):
+    """train.amp_cpu: the steps run under bfloat16 autocast (the weights differ from float32 training, a little),
+    the losses stay finite, and 2 steps + resume + 2 steps equal 4 steps."""
+    a = fit(tiny_config(tmp_path / "a", amp_cpu=True), max_steps=4)
+    fit(tiny_config(tmp_path / "b", amp_cpu=True), max_steps=2)
+    fit(tiny_config(tmp_path / "b", amp_cpu=True), resume=True, max_steps=4)
+    f = fit(tiny_config(tmp_path / "f"), max_steps=4)
+    assert a["step"] == f["step"] == 4 and np.isfinite(a["last"]["loss"])
+    pa, pb, pf = (_params(tmp_path / n / "last.pt") for n in "abf")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    diff = max(float((pa[k] - pf[k]).abs().max()) for k in pa)
+    scale = max(float(pf[k].abs().max()) for k in pf)
+    assert 0 < diff < 0.05 * scale
+
+
 def test_worker_prefetch_gives_the_same_batches_and_weights(tmp_path):
     """train.workers > 0 (DataLoader processes) feeds exactly the in-loop batches: same weights."""
     from nextqsm_training.train import batches, make_dataset

@@ -12,7 +12,8 @@ Optional terms on chi: ``train.xsim_weight`` x (1 - XSIM) and ``train.mean_weigh
 
 Optimiser: Adam (lr 4e-4, betas 0.9/0.999) with linear warm-up and cosine decay over the
 configured total steps; the VN step sizes (``vn.rho``, lambda = softplus(rho)) use
-``lr * lambda_lr_mult`` (as do their noise gains ``vn.lam_gain``) so that they can move from their 0.1 start within a short run. bf16 autocast on CUDA (FFTs stay float32). Optional gradient
+``lr * lambda_lr_mult`` (as do their noise gains ``vn.lam_gain``) so that they can move from their 0.1 start within a short run. bf16 autocast on CUDA (FFTs stay float32), and with
+``train.amp_cpu`` on CPUs with native bf16 (same numerics; a VN step ~3x faster than float32). Optional gradient
 checkpointing. DDP via ``torchrun`` (gloo on CPU, nccl on CUDA).
 
 Exact resume: the sample of global step ``t``, rank ``r``, batch slot ``b`` is item
@@ -579,8 +580,16 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+    cpu_amp = False
     if not use_cuda:
         torch.set_num_threads(max(int(tc.threads), 1))
+        if tc.amp_cpu:
+            from nextqsm.models.inference import cpu_has_native_bf16
+
+            cpu_amp = cpu_has_native_bf16()
+            if not cpu_amp and rank == 0:
+                print("train.amp_cpu: this CPU has no native bfloat16 (AVX512-BF16 / AMX); training in float32",
+                      flush=True)
     else:
         torch.backends.cudnn.benchmark = True   # fixed training shapes: let cuDNN pick its fastest kernels
     out = Path(cfg.out_dir)
@@ -683,7 +692,7 @@ def fit(cfg: Config, resume: bool = False, max_steps: Optional[int] = None,
             for p in base_bfr.parameters():
                 p.requires_grad_(False)
         b = next(feed)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and tc.amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=(use_cuda and tc.amp) or cpu_amp):
             losses = model(b, phase, demean)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()

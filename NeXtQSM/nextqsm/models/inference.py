@@ -65,6 +65,14 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 CPU_AUTO_PRECISION = "float32"
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX): oneDNN's bfloat16 convolutions are then
+    ~2-3x faster than float32 (``benchmarks/results_nextqsm.md``); elsewhere they are emulated or unsupported."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def compute_dtype(precision: str, dev: str):
     """The U-Nets' compute dtype for ``precision`` on device ``dev`` (None = float32); a clear error when asked
     for bfloat16 where it is not supported."""
@@ -73,8 +81,7 @@ def compute_dtype(precision: str, dev: str):
     if precision not in PRECISIONS:
         raise QSMInputError("precision", f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
     cuda = dev.startswith("cuda")
-    native = (torch.cuda.is_bf16_supported() if cuda else
-              bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
     if precision == "auto":
         precision = CPU_AUTO_PRECISION if (not cuda and native) else "float32"
     if precision == "float32":

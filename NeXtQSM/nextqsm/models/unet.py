@@ -48,12 +48,21 @@ class _Conv3dFastGrad(torch.autograd.Function):
         return gx, gw, None
 
 
+def _cpu_autocast() -> bool:
+    """Is CPU autocast on (bfloat16 training, ``train.amp_cpu``)? Then the convolutions take autocast's path."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:   # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` (stride 1, 'same' padding, no bias) using :class:`_Conv3dFastGrad` when training on the CPU."""
+    """``nn.Conv3d`` (stride 1, 'same' padding, no bias) using :class:`_Conv3dFastGrad` when training on the CPU in
+    float32 (under bfloat16 autocast the standard convolution is faster)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.bias is None and x.device.type == "cpu" and torch.is_grad_enabled()
-                and self.weight.requires_grad and x.dtype == torch.float32):
+                and self.weight.requires_grad and x.dtype == torch.float32 and not _cpu_autocast()):
             return _Conv3dFastGrad.apply(x, self.weight, self.padding[0])
         return super().forward(x)
 
