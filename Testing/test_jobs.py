@@ -119,6 +119,7 @@ def test_device_info_in_subprocess():
     info = query_device_info(timeout=120)
     assert "error" not in info, info
     assert info["python"] and info["cpu_count"] >= 1 and info["ram_total_mb"] > 0
+    assert isinstance(info.get("cpu_bf16"), bool)
     assert "methods" in info and isinstance(info["gpus"], list)
     try:
         import torch

@@ -205,6 +205,8 @@ def test_helpers():
     assert len(tags) == 6 and len(set(tags)) == 6
     assert "torch 2.5" in describe_device_info({"torch": "2.5.1", "cuda_build": "12.4", "gpus": [
         {"name": "H100", "total_mb": 81559, "free_mb": 80000}]})
+    assert describe_device_info({"torch": "2.13.0", "cpu_count": 2, "ram_available_mb": 4096,
+                                 "cpu_bf16": True}).endswith("native bfloat16")
     assert "PyTorch not found" in describe_device_info({"torch": None})
 
 

@@ -414,6 +414,8 @@ def describe_device_info(info: dict) -> str:
         s += f" - {g['name']}, {g['total_mb'] / 1024:.0f} GB ({g['free_mb'] / 1024:.0f} GB free)"
     else:
         s += f" - no CUDA GPU; CPU with {info.get('cpu_count')} cores, {info.get('ram_available_mb', 0) / 1024:.1f} GB RAM free"
+        if info.get("cpu_bf16"):
+            s += ", native bfloat16"
     return s
 
 

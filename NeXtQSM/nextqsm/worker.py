@@ -68,6 +68,9 @@ def device_info() -> dict:
         info["torch"] = torch.__version__
         info["cuda_build"] = torch.version.cuda
         info["cuda_available"] = bool(torch.cuda.is_available())
+        from .models.inference import cpu_has_native_bf16
+
+        info["cpu_bf16"] = cpu_has_native_bf16()
         if info["cuda_available"]:
             for i in range(torch.cuda.device_count()):
                 free, total = torch.cuda.mem_get_info(i)
