@@ -200,7 +200,7 @@ def test_init_from_a_weights_folder(tmp_path):
     """train.init_from accepts an exported weights folder (e.g. the shipped one); wrong shapes -> clear error."""
     from nextqsm_training.train import Bundle, init_weights
 
-    from nextqsm.models.weights import load_manifest
+    from nextqsm.models.weights import load_manifest, load_model
     from nextqsm.pipeline import QSMInput, run
 
     fit(tiny_config(tmp_path / "r"), max_steps=2)      # phase 1 only
@@ -227,6 +227,9 @@ def test_init_from_a_weights_folder(tmp_path):
     import shutil
 
     shutil.copytree(tmp_path / "w", tmp_path / "w2")
+    mw = json.loads((tmp_path / "w" / "manifest.json").read_text())   # the source VN's consistency step (shipped: on)
+    mw["models"]["nextqsm-vn"]["arch"].update(dc_mu=0.1, dc_noise=[0.35, 8.0])
+    (tmp_path / "w" / "manifest.json").write_text(json.dumps(mw))
     ft = tiny_config(tmp_path / "ft", phase2_steps=0, train_bfr=False, train_baseline=False,
                      init_from=str(tmp_path / "w"))
     fit(ft, max_steps=2)
@@ -236,6 +239,9 @@ def test_init_from_a_weights_folder(tmp_path):
     assert new["nextqsm-bfr"] == old["nextqsm-bfr"] and new["baseline-inv"] == old["baseline-inv"]
     assert new["nextqsm-vn"]["sha256"] != old["nextqsm-vn"]["sha256"]
     assert new["nextqsm-vn"]["training"]["init_from"]["sha256"] == old["nextqsm-vn"]["sha256"]
+    # ... and keeps the source's final consistency step (an inference setting the training config does not set)
+    assert new["nextqsm-vn"]["arch"]["dc_mu"] == 0.1 and new["nextqsm-vn"]["arch"]["dc_noise"] == [0.35, 8.0]
+    assert load_model("nextqsm-vn", tmp_path / "w2").dc_mu == 0.1
 
 
 def test_cli_fit_and_export(tmp_path):

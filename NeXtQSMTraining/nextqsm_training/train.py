@@ -790,7 +790,8 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
     Models: ``nextqsm-vn``; ``nextqsm-bfr`` unless the run kept it frozen (``train.train_bfr: false``
     and no phase-2 step: it is still its ``init_from`` copy, so the folder's entry is left alone);
     ``baseline-bfr`` (the phase-1 background U-Net) and ``baseline-inv`` when the run trained the
-    baseline. The manifest records the architecture, the training config, ``data``, the step, the
+    baseline. A VN fine-tuned from a weights folder keeps that folder's final consistency step (``dc_mu``,
+    ``dc_noise``: inference settings, not learned) unless its own config sets one. The manifest records the architecture, the training config, ``data``, the step, the
     validation metrics stored in the checkpoint and, for a fine-tuned run, what it started from
     (``init_from``: the path, and for a weights folder the source model's sha256 and steps).
     Returns the entries written.
@@ -819,6 +820,13 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
             info.update(model=name, sha256=e.get("sha256"), steps=e.get("training", {}).get("steps"))
         return {**training, "init_from": info}
 
+    src = cfg.train.init_from
+    if src and Path(src).is_dir() and not (bundle.vn.dc_mu or bundle.vn.dc_noise):
+        # the final consistency step is an inference setting, not learned: a fine-tuned VN keeps its source's
+        from nextqsm.models.weights import load_manifest
+
+        arch = load_manifest(src)["models"].get("nextqsm-vn", {}).get("arch", {})
+        bundle.vn.set_consistency(arch.get("dc_mu", 0.0), arch.get("dc_noise"))
     bfr_trained = cfg.train.train_bfr or int(st["step"]) > cfg.train.phase1_steps
     entries = {"nextqsm-vn": save_model(bundle.vn, "nextqsm-vn", weights_dir, with_init("nextqsm-vn"), metrics)}
     if bfr_trained:

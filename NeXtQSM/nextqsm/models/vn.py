@@ -279,16 +279,7 @@ class VariationalNetwork(nn.Module):
         self.outside_weight = float(outside_weight)
         if self.outside_weight:
             self.config["outside_weight"] = self.outside_weight
-        if not float(dc_mu) >= 0.0:
-            raise ValueError(f"dc_mu must be >= 0, got {dc_mu!r}")
-        self.dc_mu = float(dc_mu)
-        if self.dc_mu:
-            self.config["dc_mu"] = self.dc_mu
-        self.dc_noise = None if dc_noise is None else tuple(float(v) for v in dc_noise)
-        if self.dc_noise is not None:
-            if len(self.dc_noise) != 2 or not (self.dc_noise[0] > 0 and self.dc_noise[1] >= 0):
-                raise ValueError(f"dc_noise must be (s0 > 0, p >= 0), got {dc_noise!r}")
-            self.config["dc_noise"] = list(self.dc_noise)
+        self.set_consistency(dc_mu, dc_noise)
         self.lambda_max = None if lambda_max is None else float(lambda_max)
         self.init = init
         self.tkd_threshold = float(tkd_threshold)
@@ -302,6 +293,22 @@ class VariationalNetwork(nn.Module):
         if noise_cond:
             self.lam_gain = nn.Parameter(torch.zeros(steps))
             self.register_load_state_dict_pre_hook(_grow_unconditioned)
+
+    def set_consistency(self, dc_mu: float = 0.0, dc_noise: Sequence[float] | None = None) -> None:
+        """Set the final consistency step's ``dc_mu`` and ``dc_noise`` (inference settings, not learned; see the
+        class doc) and record them in :attr:`config` (the manifest's ``arch``)."""
+        if not float(dc_mu) >= 0.0:
+            raise ValueError(f"dc_mu must be >= 0, got {dc_mu!r}")
+        self.dc_mu = float(dc_mu)
+        self.config.pop("dc_mu", None)
+        self.config.pop("dc_noise", None)
+        if self.dc_mu:
+            self.config["dc_mu"] = self.dc_mu
+        self.dc_noise = None if dc_noise is None else tuple(float(v) for v in dc_noise)
+        if self.dc_noise is not None:
+            if len(self.dc_noise) != 2 or not (self.dc_noise[0] > 0 and self.dc_noise[1] >= 0):
+                raise ValueError(f"dc_noise must be (s0 > 0, p >= 0), got {dc_noise!r}")
+            self.config["dc_noise"] = list(self.dc_noise)
 
     @property
     def multiple(self) -> int:
