@@ -555,9 +555,9 @@ def test_cpu_channels_last_inference_matches_default_layout(monkeypatch):
 
     chi, lf, mask = toy(40)
     inp = QSMInput(field=lf, mask=mask, kind="total")
-    fast = run("nextqsm", inp, device="cpu", bfr="unet")
+    fast = run("nextqsm", inp, device="cpu", bfr="unet", precision="float32")
     monkeypatch.setattr(inference, "CPU_CHANNELS_LAST", False)
-    plain = run("nextqsm", inp, device="cpu", bfr="unet")
+    plain = run("nextqsm", inp, device="cpu", bfr="unet", precision="float32")
     assert np.abs(fast.chi).max() > 0
     assert np.abs(fast.chi - plain.chi).max() <= 1e-4 * np.abs(plain.chi).max()
     assert np.abs(fast.local_field - plain.local_field).max() <= 1e-4 * np.abs(plain.local_field).max()

@@ -42,8 +42,13 @@ field's non-dipolar (magic-cone) energy; it replaces the consistency step there 
 73.1 -> 56.3 % vs COSMOS). Off after the pipeline's own background removal (same reason as above); ``refine=True`` forces it.
 Everything runs under ``torch.inference_mode``. On the CPU the networks' convolution weights are channels-last
 (``torch.channels_last_3d``): with torch 2.13 a whole-head U-Net forward is ~1.8x faster (160x192x176, 2 threads:
-3.9 -> 2.2 s; equal at 64^3; an older measurement, 64^3 with an earlier torch, had found it slower). Inference stays
-float32, with cuDNN's TF32 turned off (a whole-head case takes well under a second on an H200: ``benchmarks/results_gpu.md``).
+3.9 -> 2.2 s; equal at 64^3; an older measurement, 64^3 with an earlier torch, had found it slower).
+Precision (``precision``): on a CPU with native bfloat16 (AVX512-BF16 or AMX) the U-Nets' convolutions run under
+bfloat16 autocast by default ('auto'); the FFT data term, the consistency step, the refinement and all outputs stay
+float32. 164x205x205 on 2 cores: 18.1 -> 11.3 s (VN 13.8 -> 7.2 s), peak RSS 2.0 -> 1.5 GB; chi within 0.1-0.3 %
+(relative L2) of float32, NRMSE within 0.004 points. ``precision='float32'`` turns it off. Elsewhere (CPUs without
+native bfloat16, and CUDA, where a whole head takes well under a second on an H200: ``benchmarks/results_gpu.md``)
+inference is float32, with cuDNN's TF32 turned off.
 """
 from __future__ import annotations
 
@@ -61,8 +66,9 @@ from ..validation import check_finite
 CPU_CHANNELS_LAST = True
 #: ``precision`` choices of the networks' convolutions (the FFT data term, consistency step and refinement stay float32)
 PRECISIONS = ("auto", "float32", "bfloat16")
-#: what ``precision='auto'`` uses on a CPU with native bfloat16 (AVX512-BF16 / AMX); elsewhere 'auto' is float32
-CPU_AUTO_PRECISION = "float32"
+#: what ``precision='auto'`` uses on a CPU with native bfloat16 (AVX512-BF16 / AMX); elsewhere 'auto' is float32.
+#: 164x205x205 on 2 such cores: 18.1 -> 11.3 s, chi within 0.1-0.3 % of float32 (benchmarks/results_nextqsm.md)
+CPU_AUTO_PRECISION = "bfloat16"
 
 
 def cpu_has_native_bf16() -> bool:
