@@ -80,12 +80,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def compute_dtype(precision: str, dev: str):
-    """The U-Nets' compute dtype for ``precision`` on device ``dev`` (None = float32); a clear error when asked
-    for bfloat16 where it is not supported."""
+    """The U-Nets' compute dtype for ``precision`` (one of :data:`PRECISIONS`) on device ``dev`` (None = float32);
+    a clear error when asked for bfloat16 where it is not supported."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise QSMInputError("precision", f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
     cuda = dev.startswith("cuda")
     native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
     if precision == "auto":
@@ -151,7 +149,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     from .weights import load_model
 
     _check(inp)
-    compute_dtype(precision, "cpu")   # an unknown precision fails before any work
+    if precision not in PRECISIONS:   # fails before any work (support is checked on the device used)
+        raise QSMInputError("precision", f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
     t0 = time.perf_counter()
     if bfr is None:  # the manifest may say which background removal the shipped weights should use
         from .weights import load_manifest
