@@ -13,7 +13,7 @@ Optional terms on chi: ``train.xsim_weight`` x (1 - XSIM) and ``train.mean_weigh
 Optimiser: Adam (lr 4e-4, betas 0.9/0.999) with linear warm-up and cosine decay over the
 configured total steps; the VN step sizes (``vn.rho``, lambda = softplus(rho)) use
 ``lr * lambda_lr_mult`` (as do their noise gains ``vn.lam_gain``) so that they can move from their 0.1 start within a short run. bf16 autocast on CUDA (FFTs stay float32), and with
-``train.amp_cpu`` on CPUs with native bf16 (same numerics; a VN step ~3x faster than float32). Optional gradient
+``train.amp_cpu`` on CPUs with native bf16 (same numerics; VN fine-tuning 2.35 -> 1.29 s/step, benchmarks/results_train_echo.md). Optional gradient
 checkpointing. DDP via ``torchrun`` (gloo on CPU, nccl on CUDA).
 
 Exact resume: the sample of global step ``t``, rank ``r``, batch slot ``b`` is item
