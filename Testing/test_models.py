@@ -261,6 +261,35 @@ def test_scale_awareness_x2_input_gives_x2_output(cls):
     assert float((y3 - 1000 * y1).abs().max()) <= 1e-4 * 1000 * scale
 
 
+def test_vn_level_shifts_chi_inside_the_mask_scale_aware(tmp_path):
+    """``level`` adds level x robust_scale(field) to chi inside the output mask only, keeps f -> 2 f => chi -> 2 chi,
+    is recorded in the manifest's arch and survives save/load; a non-finite level is refused."""
+    from nextqsm.models.vn import robust_scale
+
+    torch.manual_seed(2)
+    _, lf, mask = toy(16)
+    vn = VariationalNetwork(steps=2, unet=TINY)
+    f, m = t5(lf), t5(mask)
+    with torch.no_grad():
+        y0 = vn(f, m)
+        vn.set_level(0.4)
+        y1 = vn(f, m)
+        y2 = vn(2 * f, m)
+    s = float(robust_scale(f, m).reshape(()))
+    inside = m > 0
+    assert torch.allclose((y1 - y0)[inside], torch.full_like(y1[inside], 0.4 * s), atol=1e-6)
+    assert float((y1 - y0)[~inside].abs().max()) == 0.0
+    assert float((y2 - 2 * y1).abs().max()) <= 1e-4 * 2 * float(y1.abs().max())
+    assert vn.config["level"] == 0.4 and "level" not in VariationalNetwork(steps=1, unet=TINY).config
+    save_model(vn, "nextqsm-vn", tmp_path)
+    back = load_model("nextqsm-vn", tmp_path)
+    assert back.level == 0.4
+    with torch.no_grad():
+        assert torch.equal(back(f, m), y1)
+    with pytest.raises(ValueError, match="level"):
+        vn.set_level(float("nan"))
+
+
 def test_oblique_b0_from_affine_uses_the_tilted_kernel():
     aff = oblique_affine((1.0, 1.0, 1.0), 25.0, "x", shape=(16, 16, 16))
     b0 = b0_direction(aff)

@@ -244,6 +244,52 @@ def test_init_from_a_weights_folder(tmp_path):
     assert load_model("nextqsm-vn", tmp_path / "w2").dc_mu == 0.1
 
 
+def test_calibrate_level_zeroes_the_mean_bias_and_keeps_the_checksum(tmp_path):
+    """`nextqsm-train calibrate-level` measures the VN's chi-level bias on generator items and writes its correction
+    into the manifest (the safetensors file and its sha256 unchanged): on the same items the calibrated VN's mean
+    bias (in units of the input's robust scale) is zero; --dry-run writes nothing; a VN-less folder is refused."""
+    from nextqsm_training.calibrate import calibrate_level, level_bias
+    from nextqsm_training.cli import main
+    from dataclasses import replace
+
+    from nextqsm_training.train import Bundle, init_weights, make_dataset
+
+    from nextqsm.models.vn import robust_scale
+    from nextqsm.models.weights import load_manifest, load_model
+
+    cfg = tiny_config(tmp_path / "r")
+    fit(cfg, max_steps=2)
+    export_checkpoint(tmp_path / "r" / "last.pt", tmp_path / "w")
+    save_config(cfg, tmp_path / "c.yaml")
+    before = load_manifest(tmp_path / "w")["models"]["nextqsm-vn"]
+    assert main(["calibrate-level", "--config", str(tmp_path / "c.yaml"), "--weights-dir", str(tmp_path / "w"),
+                 "--n", "3", "--seed", "5", "--dry-run"]) == 0
+    assert load_manifest(tmp_path / "w")["models"]["nextqsm-vn"] == before
+    rec = calibrate_level(tmp_path / "c.yaml", tmp_path / "w", n=3, seed=5)
+    after = load_manifest(tmp_path / "w")["models"]["nextqsm-vn"]
+    assert after["sha256"] == before["sha256"] and after["calibration"]["n"] == 3
+    vn = load_model("nextqsm-vn", tmp_path / "w")       # checksum verified
+    assert vn.level == rec["level"] == after["arch"]["level"] != 0.0
+    ds = make_dataset(replace(cfg.data, seed=5, n_train=3), "train")
+    assert np.allclose(level_bias(vn, ds, range(3)).mean(), -rec["level"], atol=1e-6)   # raw bias, level ignored
+    assert vn.level == rec["level"]
+    got = []
+    with torch.no_grad():
+        for i in range(3):
+            it = ds[i]
+            f, m = it["local_field"][None], it["mask"][None]
+            chi = vn(f, m, it["voxel_size"][None], it["b0_dir"][None])
+            got.append(float(((chi - it["chi"][None] * m) * m).sum() / m.sum() / robust_scale(f, m).reshape(())))
+    assert abs(np.mean(got)) < 1e-5
+    # a folder without a VN cannot seed a fine-tuning
+    (tmp_path / "novn").mkdir()
+    man = load_manifest(tmp_path / "w")
+    man["models"].pop("nextqsm-vn")
+    (tmp_path / "novn" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(QSMInputError, match="no nextqsm-vn"):
+        init_weights(Bundle(cfg.model), tmp_path / "novn")
+
+
 def test_cli_fit_and_export(tmp_path):
     from nextqsm_training.cli import main
 

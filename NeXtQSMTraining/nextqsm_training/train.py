@@ -466,19 +466,25 @@ class Bundle(nn.Module):
 def init_weights(bundle: Bundle, source: str | Path) -> None:
     """Load ``bundle``'s networks from a checkpoint file (``fit``'s ``last.pt``/``best.pt``) or from a
     weights folder (safetensors + manifest, e.g. the shipped ``nextqsm/models/weights``: nextqsm-bfr,
-    nextqsm-vn and baseline-inv, checksums verified). The architectures must match the config."""
+    nextqsm-vn and baseline-inv, checksums verified; networks a VN-only folder lacks come from the shipped
+    folder). The architectures must match the config."""
     from nextqsm.errors import QSMInputError
 
     src = Path(source)
     fix = "point config.train.init_from at a checkpoint or weights folder of the same model config"
     if src.is_dir():
-        from nextqsm.models.weights import load_model
+        from nextqsm.models.weights import WEIGHTS_DIR, load_manifest, load_model
 
         parts = [("nextqsm-bfr", bundle.bfr), ("nextqsm-vn", bundle.vn)]
         parts += [("baseline-inv", bundle.base_inv)] if bundle.base_inv is not None else []
+        have = load_manifest(src)["models"]
+        if "nextqsm-vn" not in have:
+            raise QSMInputError("config.train.init_from", f"{src} holds no nextqsm-vn", fix)
         for name, net in parts:
+            # a VN-only folder (a candidate): the other networks come from the shipped weights
+            folder = src if name in have else WEIGHTS_DIR
             try:
-                net.load_state_dict(load_model(name, src).state_dict())
+                net.load_state_dict(load_model(name, folder).state_dict())
             except RuntimeError as exc:   # shape mismatch: another architecture
                 raise QSMInputError("config.train.init_from", f"{name} in {src} does not fit the config: "
                                     f"{str(exc).splitlines()[0]}", fix) from None

@@ -1,4 +1,4 @@
-"""`nextqsm-train fit`, `export` and `average` (registered by ``nextqsm_training.cli``)."""
+"""`nextqsm-train fit`, `export`, `average` and `calibrate-level` (registered by ``nextqsm_training.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,26 @@ def register(subparsers) -> None:
     a.add_argument("checkpoints", nargs="+", help="fit checkpoints or OUT/snapshots/step_*.pt of one run")
     a.add_argument("--out", required=True, help="averaged model-only checkpoint to write")
     a.set_defaults(func=_average)
+
+    c = subparsers.add_parser("calibrate-level", help="fit the VN's chi level on generator data (manifest 'level')",
+                              description="Measure the VN's bias of chi's mean over the brain on generator items "
+                                          "(the level no local field carries) and record its correction in the "
+                                          "weights folder's manifest; the safetensors file is unchanged.")
+    c.add_argument("--config", required=True, help="YAML config whose data section generates the items")
+    c.add_argument("--weights-dir", required=True, help="weights folder holding nextqsm-vn")
+    c.add_argument("--n", type=int, default=None, help="number of generator items (default 48)")
+    c.add_argument("--seed", type=int, default=None, help="generator seed (default 104729)")
+    c.add_argument("--dry-run", action="store_true", help="measure and print, do not write the manifest")
+    c.set_defaults(func=_calibrate)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import CALIBRATION_ITEMS, CALIBRATION_SEED, calibrate_level
+
+    rec = calibrate_level(args.config, args.weights_dir, n=args.n or CALIBRATION_ITEMS,
+                          seed=CALIBRATION_SEED if args.seed is None else args.seed, write=not args.dry_run)
+    print(json.dumps(rec, indent=1))
+    return 0
 
 
 def _average(args: argparse.Namespace) -> int:

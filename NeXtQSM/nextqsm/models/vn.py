@@ -249,12 +249,18 @@ class VariationalNetwork(nn.Module):
         dc_noise: ``(s0, p)``: raise the consistency weight on noisy input, ``mu = dc_mu * max(1,
             q / s0) ** p`` with ``q`` the input's :func:`highpass_noise` (the data term then trusts a
             noisy field less); ``None``: a fixed ``mu``.
+        level: chi's level, added to the normalised chi inside the output mask after the last step
+            (unitless, in units of the input's :func:`robust_scale`, so scale awareness is kept).
+            The field of a constant chi inside the mask is harmonic there, so background removal
+            takes it away and the VN sets the level from its prior alone; ``level`` corrects that
+            prior's bias, fitted on generator data by ``nextqsm-train calibrate-level``. Not learned.
     """
 
     def __init__(self, steps: int = 6, unet: dict | None = None, lambda_init: float = 0.1, pad=None,
                  checkpointing: bool = False, init: str = "field", tkd_threshold: float = 0.19,
                  lambda_max: float | None = None, noise_cond: bool = False, fill_rim: bool = False,
-                 outside_weight: float = 0.0, dc_mu: float = 0.0, dc_noise: Sequence[float] | None = None):
+                 outside_weight: float = 0.0, dc_mu: float = 0.0, dc_noise: Sequence[float] | None = None,
+                 level: float = 0.0):
         super().__init__()
         unet = dict(unet or {})
         in_ch = 2 if noise_cond else 1   # chi (+ the noise-level map)
@@ -280,6 +286,7 @@ class VariationalNetwork(nn.Module):
         if self.outside_weight:
             self.config["outside_weight"] = self.outside_weight
         self.set_consistency(dc_mu, dc_noise)
+        self.set_level(level)
         self.lambda_max = None if lambda_max is None else float(lambda_max)
         self.init = init
         self.tkd_threshold = float(tkd_threshold)
@@ -309,6 +316,15 @@ class VariationalNetwork(nn.Module):
             if len(self.dc_noise) != 2 or not (self.dc_noise[0] > 0 and self.dc_noise[1] >= 0):
                 raise ValueError(f"dc_noise must be (s0 > 0, p >= 0), got {dc_noise!r}")
             self.config["dc_noise"] = list(self.dc_noise)
+
+    def set_level(self, level: float = 0.0) -> None:
+        """Set chi's calibrated level (see the class doc) and record it in :attr:`config`."""
+        if not math.isfinite(float(level)):
+            raise ValueError(f"level must be finite, got {level!r}")
+        self.level = float(level)
+        self.config.pop("level", None)
+        if self.level:
+            self.config["level"] = self.level
 
     @property
     def multiple(self) -> int:
@@ -389,6 +405,8 @@ class VariationalNetwork(nn.Module):
             x = x - lam[:, t].view(-1, 1, 1, 1, 1) * g - r
         if self.dc_mu > 0:
             x = consistency_step(x, f, kernel, self.consistency_weight(f, m))
+        if self.level:
+            x = x + self.level
         return x * s * (m if out_mask is None else out_mask.to(field.dtype))
 
 
