@@ -273,6 +273,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
               "bfr": bfr if inp.kind == "total" else None, "tta": int(tta)}
     if isinstance(inv, VariationalNetwork):
         params["dc_mu"] = inv.dc_mu
+        params["level"] = inv.level   # chi's calibrated level (units of the field's robust scale)
     try:
         chi_c, lf_c, t = attempt(dev)
     except torch.OutOfMemoryError:
