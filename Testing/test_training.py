@@ -242,6 +242,12 @@ def test_init_from_a_weights_folder(tmp_path):
     # ... and keeps the source's final consistency step (an inference setting the training config does not set)
     assert new["nextqsm-vn"]["arch"]["dc_mu"] == 0.1 and new["nextqsm-vn"]["arch"]["dc_noise"] == [0.35, 8.0]
     assert load_model("nextqsm-vn", tmp_path / "w2").dc_mu == 0.1
+    # into a new folder the VN also takes its source's pipeline defaults (else another background removal would run)
+    from nextqsm.models.weights import set_defaults
+
+    set_defaults(tmp_path / "w", bfr="vsharp")
+    assert set(export_checkpoint(tmp_path / "ft" / "last.pt", tmp_path / "w3")) == {"nextqsm-vn"}
+    assert load_manifest(tmp_path / "w3")["defaults"] == {"bfr": "vsharp"}
 
 
 def test_calibrate_level_zeroes_the_mean_bias_and_keeps_the_checksum(tmp_path):

@@ -833,6 +833,14 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
 
         arch = load_manifest(src)["models"].get("nextqsm-vn", {}).get("arch", {})
         bundle.vn.set_consistency(arch.get("dc_mu", 0.0), arch.get("dc_noise"))
+    if src and Path(src).is_dir():
+        # the pipeline's defaults (background removal, refinement) live in the folder's manifest: a new folder gets
+        # its source's, else a VN exported alone would silently run another pipeline (e.g. the U-Net BFR)
+        from nextqsm.models.weights import load_manifest, set_defaults
+
+        have = load_manifest(weights_dir).get("defaults") if weights_dir else True
+        if not have and load_manifest(src).get("defaults"):
+            set_defaults(weights_dir, **load_manifest(src)["defaults"])
     bfr_trained = cfg.train.train_bfr or int(st["step"]) > cfg.train.phase1_steps
     entries = {"nextqsm-vn": save_model(bundle.vn, "nextqsm-vn", weights_dir, with_init("nextqsm-vn"), metrics)}
     if bfr_trained:
