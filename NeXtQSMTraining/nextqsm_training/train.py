@@ -797,7 +797,8 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
     and no phase-2 step: it is still its ``init_from`` copy, so the folder's entry is left alone);
     ``baseline-bfr`` (the phase-1 background U-Net) and ``baseline-inv`` when the run trained the
     baseline. A VN fine-tuned from a weights folder keeps that folder's final consistency step (``dc_mu``,
-    ``dc_noise``: inference settings, not learned) unless its own config sets one. The manifest records the architecture, the training config, ``data``, the step, the
+    ``dc_noise``: inference settings, not learned) unless its own config sets one, but not its calibrated ``level``
+    (fine-tuning moves chi's level: run ``nextqsm-train calibrate-level`` on the new folder). The manifest records the architecture, the training config, ``data``, the step, the
     validation metrics stored in the checkpoint and, for a fine-tuned run, what it started from
     (``init_from``: the path, and for a weights folder the source model's sha256 and steps).
     Returns the entries written.
