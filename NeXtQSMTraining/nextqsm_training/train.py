@@ -486,7 +486,7 @@ def init_weights(bundle: Bundle, source: str | Path) -> None:
             try:
                 net.load_state_dict(load_model(name, folder).state_dict())
             except RuntimeError as exc:   # shape mismatch: another architecture
-                raise QSMInputError("config.train.init_from", f"{name} in {src} does not fit the config: "
+                raise QSMInputError("config.train.init_from", f"{name} in {folder} does not fit the config: "
                                     f"{str(exc).splitlines()[0]}", fix) from None
         return
     if not src.exists():
@@ -839,9 +839,9 @@ def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] 
         # its source's, else a VN exported alone would silently run another pipeline (e.g. the U-Net BFR)
         from nextqsm.models.weights import load_manifest, set_defaults
 
-        have = load_manifest(weights_dir).get("defaults") if weights_dir else True
-        if not have and load_manifest(src).get("defaults"):
-            set_defaults(weights_dir, **load_manifest(src)["defaults"])
+        src_defaults = load_manifest(src).get("defaults")
+        if weights_dir and src_defaults and not load_manifest(weights_dir).get("defaults"):
+            set_defaults(weights_dir, **src_defaults)
     bfr_trained = cfg.train.train_bfr or int(st["step"]) > cfg.train.phase1_steps
     entries = {"nextqsm-vn": save_model(bundle.vn, "nextqsm-vn", weights_dir, with_init("nextqsm-vn"), metrics)}
     if bfr_trained:
