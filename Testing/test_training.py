@@ -296,6 +296,37 @@ def test_calibrate_level_zeroes_the_mean_bias_and_keeps_the_checksum(tmp_path):
         init_weights(Bundle(cfg.model), tmp_path / "novn")
 
 
+def test_calibrate_level_on_heads_zeroes_the_pipelines_offset(tmp_path):
+    """`calibrate-level --heads`: the level fitted through the default pipeline (total field -> background
+    removal -> VN) on one training head makes that head's chi mean over the mask equal the truth's; the per-head
+    scale is a constant inside the mask; the safetensors file is untouched; a held-out map is refused."""
+    from nextqsm_training.calibrate import calibrate_level_on_heads
+    from nextqsm_training.heads import realistic_head
+
+    from nextqsm.models.weights import load_manifest
+    from nextqsm.pipeline import QSMInput, run
+
+    fit(tiny_config(tmp_path / "r"), max_steps=2)
+    export_checkpoint(tmp_path / "r" / "last.pt", tmp_path / "w")
+    sha = load_manifest(tmp_path / "w")["models"]["nextqsm-vn"]["sha256"]
+    kw = dict(maps=(5,), tilted=(5,), size=40, voxel_mm=None, bfr="vsharp")
+    dry = calibrate_level_on_heads(tmp_path / "w", write=False, **kw)
+    assert "level" not in load_manifest(tmp_path / "w")["models"]["nextqsm-vn"]["arch"]
+    rec = calibrate_level_on_heads(tmp_path / "w", **kw)
+    assert rec["level"] == dry["level"] != 0.0
+    (h0,) = rec["heads"]
+    assert h0["tilt_deg"] == 25.0 and h0["scale_ppm"] > 0 and 0.5 < h0["filled"] <= 1.0
+    entry = load_manifest(tmp_path / "w")["models"]["nextqsm-vn"]
+    assert entry["sha256"] == sha and entry["arch"]["level"] == rec["level"] and entry["calibration"]["source"] == "heads"
+    h = realistic_head(5, size=40, voxel_size=None, b0_dir=(0.0, np.sin(np.radians(25)), np.cos(np.radians(25))))
+    m = h["mask"] > 0
+    chi = run("nextqsm", QSMInput(field=h["total_field"], mask=m, kind="total", voxel_size=tuple(map(float, h["voxel_size"])),
+                                  b0_dir=tuple(map(float, h["b0_dir"]))), weights_dir=tmp_path / "w", bfr="vsharp").chi
+    assert abs(float((chi - h["chi"])[m].mean())) < 1e-3 * abs(h0["offset_ppm"]) + 1e-6
+    with pytest.raises(QSMInputError, match="held out"):
+        calibrate_level_on_heads(tmp_path / "w", maps=(13,), write=False)
+
+
 def test_cli_fit_and_export(tmp_path):
     from nextqsm_training.cli import main
 

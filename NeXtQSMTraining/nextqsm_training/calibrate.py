@@ -18,6 +18,11 @@ import torch
 
 CALIBRATION_SEED = 104729   # disjoint from every training seed in configs/
 CALIBRATION_ITEMS = 48
+#: training maps for the head calibration: disjoint from the selection maps 1-4 and the held-out 13-16
+HEAD_MAPS = (5, 6, 7, 8, 9, 10, 11, 12)
+#: of those, the heads scored with B0 tilted by HEAD_TILT_DEG from k towards j (the others along k)
+HEAD_TILTED = (9, 10, 11, 12)
+HEAD_TILT_DEG = 25.0
 
 
 def level_bias(vn, ds, indices) -> np.ndarray:
@@ -65,6 +70,95 @@ def calibrate_level(config, weights_dir: str | Path, n: int = CALIBRATION_ITEMS,
     rec = {"level": -float(bias.mean()), "bias_mean": float(bias.mean()), "bias_std": float(bias.std()),
            "bias_min": float(bias.min()), "bias_max": float(bias.max()), "n": int(n), "seed": int(seed),
            "config": str(config) if not hasattr(config, "data") else "(in memory)", "unit": "robust_scale of the input field (unitless)"}
+    if write:
+        d = Path(weights_dir)
+        man = load_manifest(d)
+        entry = man["models"]["nextqsm-vn"]
+        entry["arch"]["level"] = rec["level"]
+        entry["calibration"] = rec
+        write_json_atomic(d / MANIFEST, man)
+    return rec
+
+
+def _folder_with_level(src: Path, dst: Path, level: float) -> Path:
+    """``dst``: the weights folder ``src`` (safetensors symlinked, checksums still verified) with the VN's
+    ``arch.level`` set to ``level``."""
+    from nextqsm.io import write_json_atomic
+    from nextqsm.models.weights import MANIFEST, load_manifest
+
+    dst.mkdir(parents=True, exist_ok=True)
+    man = load_manifest(src)
+    for f in src.glob("*.safetensors"):
+        (dst / f.name).symlink_to(f.resolve())
+    man["models"]["nextqsm-vn"]["arch"]["level"] = float(level)
+    write_json_atomic(dst / MANIFEST, man)
+    return dst
+
+
+def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED, size: int = 160,
+                    voxel_mm: float | None = 1.0, bfr: str | None = None, log=None) -> list[dict]:
+    """Per head: the default pipeline's (total field -> background removal -> VN) chi-level bias with
+    ``level`` = 0, ``bias`` = mean over the mask of (chi_hat - chi) / s, where ``s`` (ppm) is the mean over the
+    mask of chi(level 1) - chi(level 0): the VN's ``robust_scale`` times the share of the mask the VN fills (all of
+    it for a ``fill_rim`` VN), so that ``level = -bias`` zeroes that head's offset exactly.
+    ``maps``: SynthSeg training maps (held-out maps are refused); ``tilted``: those scored with B0 tilted
+    :data:`HEAD_TILT_DEG` degrees from k towards j; ``size`` voxels per edge at ``voxel_mm`` mm (``None`` fits
+    the brain into the grid); ``bfr``: background removal (default: the manifest's)."""
+    import math
+    import tempfile
+
+    from nextqsm.errors import QSMInputError
+    from nextqsm.pipeline import QSMInput, run
+
+    from .heads import HELD_OUT, realistic_head
+
+    held = sorted(set(int(i) for i in maps) & set(HELD_OUT))
+    if held:
+        raise QSMInputError("maps", f"{held} are held out from training",
+                            f"calibrate on training maps only, e.g. {' '.join(map(str, HEAD_MAPS))}")
+    src = Path(weights_dir)
+    t = math.radians(HEAD_TILT_DEG)
+    vs = None if voxel_mm is None else (float(voxel_mm),) * 3
+    out = []
+    with tempfile.TemporaryDirectory(prefix="nextqsm-level-") as tmp:
+        w0 = _folder_with_level(src, Path(tmp) / "l0", 0.0)
+        w1 = _folder_with_level(src, Path(tmp) / "l1", 1.0)
+        for i in maps:
+            tilt = int(i) in set(int(j) for j in tilted)
+            b0 = (0.0, math.sin(t), math.cos(t)) if tilt else (0.0, 0.0, 1.0)
+            h = realistic_head(int(i), size=int(size), voxel_size=vs, b0_dir=b0)
+            m = h["mask"] > 0
+            inp = QSMInput(field=h["total_field"], mask=m, kind="total",
+                           voxel_size=tuple(map(float, h["voxel_size"])), b0_dir=tuple(map(float, h["b0_dir"])))
+            chi0 = run("nextqsm", inp, weights_dir=w0, bfr=bfr).chi
+            chi1 = run("nextqsm", inp, weights_dir=w1, bfr=bfr).chi
+            d = (chi1 - chi0)[m].astype(np.float64)
+            s = float(d.mean())
+            off = float((chi0 - h["chi"])[m].astype(np.float64).mean())
+            rec = {"map": int(i), "tilt_deg": HEAD_TILT_DEG if tilt else 0.0, "scale_ppm": s,
+                   "filled": float((d != 0).mean()), "offset_ppm": off, "bias": off / s}
+            out.append(rec)
+            if log:
+                log(f"map {rec['map']} tilt {rec['tilt_deg']:4.1f}: offset {off:+.5f} ppm, s {s:.5f} ppm, "
+                    f"bias {rec['bias']:+.4f}")
+    return out
+
+
+def calibrate_level_on_heads(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED, size: int = 160,
+                             voxel_mm: float | None = 1.0, bfr: str | None = None, write: bool = True,
+                             log=None) -> dict:
+    """Fit ``level`` of ``weights_dir``'s ``nextqsm-vn`` as minus the mean :func:`head_level_bias` over the
+    heads and, if ``write``, record it (with the per-head biases) in the manifest. Returns the record."""
+    from nextqsm.io import write_json_atomic
+    from nextqsm.models.weights import MANIFEST, load_manifest
+
+    heads = head_level_bias(weights_dir, maps, tilted, size, voxel_mm, bfr, log)
+    bias = np.array([h["bias"] for h in heads])
+    rec = {"level": -float(bias.mean()), "bias_mean": float(bias.mean()), "bias_std": float(bias.std()),
+           "bias_min": float(bias.min()), "bias_max": float(bias.max()), "n": len(heads), "source": "heads",
+           "maps": [int(i) for i in maps], "tilted": [int(i) for i in tilted], "tilt_deg": HEAD_TILT_DEG,
+           "size": int(size), "voxel_mm": voxel_mm, "bfr": bfr or "manifest default", "heads": heads,
+           "unit": "robust_scale of the input field (unitless)"}
     if write:
         d = Path(weights_dir)
         man = load_manifest(d)

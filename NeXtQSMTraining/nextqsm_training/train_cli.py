@@ -27,11 +27,15 @@ def register(subparsers) -> None:
     a.add_argument("--out", required=True, help="averaged model-only checkpoint to write")
     a.set_defaults(func=_average)
 
-    c = subparsers.add_parser("calibrate-level", help="fit the VN's chi level on generator data (manifest 'level')",
+    c = subparsers.add_parser("calibrate-level", help="fit the VN's chi level on generator data or test heads (manifest 'level')",
                               description="Measure the VN's bias of chi's mean over the brain on generator items "
                                           "(the level no local field carries) and record its correction in the "
                                           "weights folder's manifest; the safetensors file is unchanged.")
-    c.add_argument("--config", required=True, help="YAML config whose data section generates the items")
+    c.add_argument("--config", default=None, help="YAML config whose data section generates the items")
+    c.add_argument("--heads", type=int, nargs="*", default=None, metavar="MAP",
+                   help="calibrate on test heads from these SynthSeg training maps instead (default maps 5-12; "
+                        "9-12 with B0 tilted 25 degrees), through the default pipeline from the total field")
+    c.add_argument("--size", type=int, default=160, help="--heads: grid edge in voxels (default 160 at 1 mm)")
     c.add_argument("--weights-dir", required=True, help="weights folder holding nextqsm-vn")
     c.add_argument("--n", type=int, default=None, help="number of generator items (default 48)")
     c.add_argument("--seed", type=int, default=None, help="generator seed (default 104729)")
@@ -40,8 +44,15 @@ def register(subparsers) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import CALIBRATION_ITEMS, CALIBRATION_SEED, calibrate_level
+    from .calibrate import CALIBRATION_ITEMS, CALIBRATION_SEED, HEAD_MAPS, calibrate_level, calibrate_level_on_heads
 
+    if args.heads is not None:
+        rec = calibrate_level_on_heads(args.weights_dir, maps=tuple(args.heads) or HEAD_MAPS, size=args.size,
+                                       write=not args.dry_run, log=lambda s: print(s, flush=True))
+        print(json.dumps({k: v for k, v in rec.items() if k != "heads"}, indent=1))
+        return 0
+    if args.config is None:
+        raise SystemExit("calibrate-level: pass --config C (generator items) or --heads [MAP ...] (test heads)")
     rec = calibrate_level(args.config, args.weights_dir, n=args.n or CALIBRATION_ITEMS,
                           seed=CALIBRATION_SEED if args.seed is None else args.seed, write=not args.dry_run)
     print(json.dumps(rec, indent=1))
