@@ -325,6 +325,22 @@ def test_calibrate_level_on_heads_zeroes_the_pipelines_offset(tmp_path):
     assert abs(float((chi - h["chi"])[m].mean())) < 1e-3 * abs(h0["offset_ppm"]) + 1e-6
     with pytest.raises(QSMInputError, match="held out"):
         calibrate_level_on_heads(tmp_path / "w", maps=(13,), write=False)
+    # --per-path: the level is recorded for the heads' path only and overrides arch.level there, not elsewhere
+    entry["arch"]["level"] = 0.25
+    (tmp_path / "w" / "manifest.json").write_text(json.dumps(load_manifest(tmp_path / "w") | {"models": {
+        **load_manifest(tmp_path / "w")["models"], "nextqsm-vn": entry}}))
+    pp = calibrate_level_on_heads(tmp_path / "w", per_path=True, **kw)
+    e2 = load_manifest(tmp_path / "w")["models"]["nextqsm-vn"]
+    assert pp["path"] == "vsharp" and e2["levels"] == {"vsharp": pp["level"]} and e2["arch"]["level"] == 0.25
+    assert np.isclose(pp["level"], rec["level"], rtol=1e-4)    # the override, not arch.level, was measured against
+    inp = QSMInput(field=h["total_field"], mask=m, kind="total", voxel_size=tuple(map(float, h["voxel_size"])),
+                   b0_dir=tuple(map(float, h["b0_dir"])))
+    r = run("nextqsm", inp, weights_dir=tmp_path / "w", bfr="vsharp")
+    assert r.params["level_path"] == "vsharp" and r.params["level"] == pp["level"]
+    assert abs(float((r.chi - h["chi"])[m].mean())) < 1e-3 * abs(h0["offset_ppm"]) + 1e-6
+    loc = run("nextqsm", QSMInput(field=h["local_field"], mask=m, kind="local", voxel_size=inp.voxel_size,
+                                  b0_dir=inp.b0_dir), weights_dir=tmp_path / "w", refine=False)
+    assert loc.params["level_path"] == "local" and loc.params["level"] == 0.25
 
 
 def test_cli_fit_and_export(tmp_path):

@@ -91,19 +91,23 @@ def _folder_with_level(src: Path, dst: Path, level: float) -> Path:
     for f in src.glob("*.safetensors"):
         (dst / f.name).symlink_to(f.resolve())
     man["models"]["nextqsm-vn"]["arch"]["level"] = float(level)
+    man["models"]["nextqsm-vn"].pop("levels", None)   # no per-path level may override it
     write_json_atomic(dst / MANIFEST, man)
     return dst
 
 
 def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED, size: int = 160,
-                    voxel_mm: float | None = 1.0, bfr: str | None = None, log=None) -> list[dict]:
+                    voxel_mm: float | None = 1.0, bfr: str | None = None, kind: str = "total",
+                    log=None) -> list[dict]:
     """Per head: the default pipeline's (total field -> background removal -> VN) chi-level bias with
     ``level`` = 0, ``bias`` = mean over the mask of (chi_hat - chi) / s, where ``s`` (ppm) is the mean over the
     mask of chi(level 1) - chi(level 0): the VN's ``robust_scale`` times the share of the mask the VN fills (all of
     it for a ``fill_rim`` VN), so that ``level = -bias`` zeroes that head's offset exactly.
     ``maps``: SynthSeg training maps (held-out maps are refused); ``tilted``: those scored with B0 tilted
     :data:`HEAD_TILT_DEG` degrees from k towards j; ``size`` voxels per edge at ``voxel_mm`` mm (``None`` fits
-    the brain into the grid); ``bfr``: background removal (default: the manifest's)."""
+    the brain into the grid); ``bfr``: background removal (default: the manifest's); ``kind``: ``'total'``, or
+    ``'local'`` for the heads' true local field through the default local path (VN + refinement, which is not
+    exactly linear in the level: the bias is then a first-order estimate)."""
     import math
     import tempfile
 
@@ -128,15 +132,19 @@ def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED,
             b0 = (0.0, math.sin(t), math.cos(t)) if tilt else (0.0, 0.0, 1.0)
             h = realistic_head(int(i), size=int(size), voxel_size=vs, b0_dir=b0)
             m = h["mask"] > 0
-            inp = QSMInput(field=h["total_field"], mask=m, kind="total",
+            if kind not in ("total", "local"):
+                raise ValueError(f"kind must be 'total' or 'local', got {kind!r}")
+            inp = QSMInput(field=h[f"{kind}_field"], mask=m, kind=kind,
                            voxel_size=tuple(map(float, h["voxel_size"])), b0_dir=tuple(map(float, h["b0_dir"])))
-            chi0 = run("nextqsm", inp, weights_dir=w0, bfr=bfr).chi
+            r0 = run("nextqsm", inp, weights_dir=w0, bfr=bfr)
+            chi0 = r0.chi
             chi1 = run("nextqsm", inp, weights_dir=w1, bfr=bfr).chi
             d = (chi1 - chi0)[m].astype(np.float64)
             s = float(d.mean())
             off = float((chi0 - h["chi"])[m].astype(np.float64).mean())
             rec = {"map": int(i), "tilt_deg": HEAD_TILT_DEG if tilt else 0.0, "scale_ppm": s,
-                   "filled": float((d != 0).mean()), "offset_ppm": off, "bias": off / s}
+                   "filled": float((d != 0).mean()), "offset_ppm": off, "bias": off / s,
+                   "path": r0.params.get("level_path")}
             out.append(rec)
             if log:
                 log(f"map {rec['map']} tilt {rec['tilt_deg']:4.1f}: offset {off:+.5f} ppm, s {s:.5f} ppm, "
@@ -146,24 +154,36 @@ def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED,
 
 def calibrate_level_on_heads(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED, size: int = 160,
                              voxel_mm: float | None = 1.0, bfr: str | None = None, write: bool = True,
-                             log=None) -> dict:
+                             per_path: bool = False, kind: str = "total", log=None) -> dict:
     """Fit ``level`` of ``weights_dir``'s ``nextqsm-vn`` as minus the mean :func:`head_level_bias` over the
-    heads and, if ``write``, record it (with the per-head biases) in the manifest. Returns the record."""
+    heads and, if ``write``, record it (with the per-head biases) in the manifest: as ``arch.level`` (every
+    input path), or with ``per_path`` as ``levels[path]`` for the one background-removal path the heads took
+    (the pipeline's choice for their voxel size, e.g. LBV at 1 mm, V-SHARP at 2-3 mm), which overrides
+    ``arch.level`` on that path only (the VN's level bias differs between paths and resolutions). Returns the
+    record."""
     from nextqsm.io import write_json_atomic
     from nextqsm.models.weights import MANIFEST, load_manifest
 
-    heads = head_level_bias(weights_dir, maps, tilted, size, voxel_mm, bfr, log)
+    heads = head_level_bias(weights_dir, maps, tilted, size, voxel_mm, bfr, kind, log)
     bias = np.array([h["bias"] for h in heads])
+    paths = sorted({h["path"] for h in heads})
+    if per_path and len(paths) != 1:
+        raise ValueError(f"the heads took several input paths {paths}: calibrate one path per call")
     rec = {"level": -float(bias.mean()), "bias_mean": float(bias.mean()), "bias_std": float(bias.std()),
            "bias_min": float(bias.min()), "bias_max": float(bias.max()), "n": len(heads), "source": "heads",
            "maps": [int(i) for i in maps], "tilted": [int(i) for i in tilted], "tilt_deg": HEAD_TILT_DEG,
-           "size": int(size), "voxel_mm": voxel_mm, "bfr": bfr or "manifest default", "heads": heads,
+           "size": int(size), "voxel_mm": voxel_mm, "bfr": bfr or "manifest default", "path": paths[0] if len(paths) == 1 else paths,
+           "per_path": bool(per_path), "kind": kind, "heads": heads,
            "unit": "robust_scale of the input field (unitless)"}
     if write:
         d = Path(weights_dir)
         man = load_manifest(d)
         entry = man["models"]["nextqsm-vn"]
-        entry["arch"]["level"] = rec["level"]
-        entry["calibration"] = rec
+        if per_path:
+            entry.setdefault("levels", {})[paths[0]] = rec["level"]
+            entry.setdefault("level_calibrations", {})[paths[0]] = rec
+        else:
+            entry["arch"]["level"] = rec["level"]
+            entry["calibration"] = rec
         write_json_atomic(d / MANIFEST, man)
     return rec

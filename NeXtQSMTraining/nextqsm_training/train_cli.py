@@ -36,6 +36,13 @@ def register(subparsers) -> None:
                    help="calibrate on test heads from these SynthSeg training maps instead (default maps 5-12; "
                         "9-12 with B0 tilted 25 degrees), through the default pipeline from the total field")
     c.add_argument("--size", type=int, default=160, help="--heads: grid edge in voxels (default 160 at 1 mm)")
+    c.add_argument("--voxel-mm", type=float, default=1.0,
+                   help="--heads: isotropic voxel size in mm; 0 fits the brain into the grid (default 1)")
+    c.add_argument("--per-path", action="store_true",
+                   help="--heads: record the level for the heads' background-removal path only (manifest "
+                        "'levels'), overriding arch.level there (LBV at 1 mm; V-SHARP at --size 64 --voxel-mm 0)")
+    c.add_argument("--local", action="store_true",
+                   help="--heads: feed the heads' true local field (the --input local path) instead of the total field")
     c.add_argument("--weights-dir", required=True, help="weights folder holding nextqsm-vn")
     c.add_argument("--n", type=int, default=None, help="number of generator items (default 48)")
     c.add_argument("--seed", type=int, default=None, help="generator seed (default 104729)")
@@ -48,7 +55,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.heads is not None:
         rec = calibrate_level_on_heads(args.weights_dir, maps=tuple(args.heads) or HEAD_MAPS, size=args.size,
-                                       write=not args.dry_run, log=lambda s: print(s, flush=True))
+                                       voxel_mm=args.voxel_mm or None, write=not args.dry_run,
+                                       per_path=args.per_path, kind="local" if args.local else "total",
+                                       log=lambda s: print(s, flush=True))
         print(json.dumps({k: v for k, v in rec.items() if k != "heads"}, indent=1))
         return 0
     if args.config is None:

@@ -120,6 +120,16 @@ def default_bfr(defaults: dict, voxel_size) -> str:
     return str(defaults.get("bfr", "unet"))
 
 
+def path_level(weights_dir, name: str, path: str) -> Optional[float]:
+    """The VN's chi level calibrated for input ``path`` (``'lbv'``, ``'vsharp'``, ``'unet'`` background removal
+    of a total field, or ``'local'``): the manifest entry's ``levels[path]`` (``nextqsm-train calibrate-level
+    --heads --per-path``), else ``None`` (``arch.level`` applies). Units: the input field's robust scale."""
+    from .weights import load_manifest
+
+    lv = load_manifest(weights_dir).get("models", {}).get(name, {}).get("levels", {}).get(path)
+    return None if lv is None else float(lv)
+
+
 def pick_device(device: Optional[str]) -> str:
     import torch
 
@@ -141,7 +151,8 @@ def _check(inp: QSMInput) -> None:
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
          overlap, max_voxels, method: str, bfr: Optional[str] = "unet",
          out_mask: Optional[np.ndarray] = None, tta: int = 1, dc_mu: Optional[float] = None,
-         refine: Optional[bool] = None, refine_l: Optional[float] = None, precision: str = "auto") -> QSMResult:
+         refine: Optional[bool] = None, refine_l: Optional[float] = None, precision: str = "auto",
+         level_path: Optional[str] = None) -> QSMResult:
     import torch
 
     from .unet import UNet3D
@@ -197,7 +208,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         res = _run(replace(inp, field=local, mask=mask2, kind="local"), names, progress, weights_dir, device,
                    margin, pad, tile, overlap, max_voxels, method, out_mask=np.asarray(inp.mask) > 0, tta=tta,
                    dc_mu=dc_mu, refine=refine_cfg is not None, refine_l=None if refine_cfg is None else refine_cfg["l"],
-                   precision=precision)
+                   precision=precision, level_path=bfr)
         res.timings[bfr] = t_bfr
         res.timings["total"] = time.perf_counter() - t0
         res.params["bfr"] = bfr
@@ -214,6 +225,11 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         inv.pad = pad
     if isinstance(inv, VariationalNetwork) and dc_mu is not None:
         inv.dc_mu = float(dc_mu)
+    if isinstance(inv, VariationalNetwork):   # a level calibrated for this input path overrides arch.level
+        path = level_path or ("local" if inp.kind == "local" else (bfr or "unet"))
+        lv = path_level(weights_dir, inv_name, path)
+        if lv is not None:
+            inv.set_level(lv)
     timings = {"load": time.perf_counter() - t0}
     # a fill_rim VN predicts chi on out_mask (the brain mask) from the field on inp.mask (V-SHARP's eroded mask)
     om = out_mask if (out_mask is not None and getattr(inv, "fill_rim", False)) else None
@@ -274,6 +290,7 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
     if isinstance(inv, VariationalNetwork):
         params["dc_mu"] = inv.dc_mu
         params["level"] = inv.level   # chi's calibrated level (units of the field's robust scale)
+        params["level_path"] = path
     try:
         chi_c, lf_c, t = attempt(dev)
     except torch.OutOfMemoryError:
