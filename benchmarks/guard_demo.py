@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="+", metavar="NAME=DIR")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--local", action="store_true",
+                    help="also give each VN the phantom's TRUE local field (the --input local path, no refinement)")
     a = ap.parse_args(argv)
     import numpy as np
 
@@ -36,6 +38,12 @@ def main(argv=None) -> int:
             r = run("nextqsm", inp, weights_dir=w)
             m = challenge_metrics(r.chi, ph.chi, r.mask, ph.seg)
             res[n].append(m)
+            if a.local:
+                loc = run("nextqsm", QSMInput(field=ph.local_field, mask=ph.mask, voxel_size=ph.voxel_size,
+                                              b0_dir=ph.b0_dir, kind="local"), weights_dir=w, refine=False)
+                ml = challenge_metrics(loc.chi, ph.chi, loc.mask, ph.seg)
+                print(f"seed {seed} {n:>6}: true local field, VN + consistency step: NRMSE {ml['nrmse']:.1f} "
+                      f"XSIM {ml['xsim']:.3f}", flush=True)
             print(f"seed {seed} {n:>6}: NRMSE {m['nrmse']:.1f} XSIM {m['xsim']:.3f} deep grey NRMSE {m['nrmse_dgm']:.1f} "
                   f"(level path {r.params.get('level_path')}, level {r.params.get('level', 0):.3f})", flush=True)
     for n, ms in res.items():
