@@ -58,7 +58,7 @@ def test_vsharp_on_cuda_matches_numpy(weights_dir):
 
 
 def test_lbv_on_cuda_matches_scipy(weights_dir):
-    """LBV (the default background removal at <= 1.25 mm voxels) solves with torch CG on the GPU: same result as
+    """LBV (the default background removal at <= 2.25 mm voxels) solves with torch CG on the GPU: same result as
     scipy's CG to the solver tolerance, and the pipeline uses it on CUDA."""
     from nextqsm.methods.lbv import lbv
     from nextqsm.pipeline import run

@@ -65,7 +65,7 @@ def parse_vector(text: str | Sequence[float] | None) -> Optional[list[float]]:
     return vals
 
 
-#: NeXtQSM's background removal choices in the module ('auto': the shipped default, LBV for voxels <= 1.25 mm,
+#: NeXtQSM's background removal choices in the module ('auto': the shipped default, LBV for voxels <= 2.25 mm,
 #: else V-SHARP; see ``nextqsm.models.inference.default_bfr``).
 def _bfr_options() -> tuple[str, ...]:
     from .models.inference import BFR_CHOICES   # torch-free at import

@@ -418,7 +418,7 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
             result's mask is V-SHARP's eroded mask, or the whole input mask when the VN was trained to
             fill the eroded rim, ``fill_rim``) or 'lbv' (LBV with ``LBV_PEEL``, then the VN, likewise).
             ``None``: :func:`default_bfr` of the manifest's defaults (shipped: LBV when every voxel edge
-            is <= 1.25 mm, else V-SHARP), else 'unet'. Only used for ``inp.kind == 'total'``.
+            is <= 2.25 mm, else V-SHARP), else 'unet'. Only used for ``inp.kind == 'total'``.
         tta: test-time augmentation: the VN's chi averaged over 1 (off), 2, 4 or 8 flips of the voxel
             axes (:func:`_flip_average`); costs ``tta`` VN runs.
         dc_mu: weight of the VN's final closed-form data-consistency step
