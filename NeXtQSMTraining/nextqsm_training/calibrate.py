@@ -56,8 +56,7 @@ def calibrate_level(config, weights_dir: str | Path, n: int = CALIBRATION_ITEMS,
     :class:`Config`) data section (training
     split, generator seed ``seed``, no augmentation) and, if ``write``, record it in the manifest. Returns the
     record: level, the per-item bias's mean / std / min / max, n, seed, config."""
-    from nextqsm.io import write_json_atomic
-    from nextqsm.models.weights import MANIFEST, load_manifest, load_model
+    from nextqsm.models.weights import load_model
 
     from .config import load_config
     from .train import make_dataset
@@ -71,12 +70,7 @@ def calibrate_level(config, weights_dir: str | Path, n: int = CALIBRATION_ITEMS,
            "bias_min": float(bias.min()), "bias_max": float(bias.max()), "n": int(n), "seed": int(seed),
            "config": str(config) if not hasattr(config, "data") else "(in memory)", "unit": "robust_scale of the input field (unitless)"}
     if write:
-        d = Path(weights_dir)
-        man = load_manifest(d)
-        entry = man["models"]["nextqsm-vn"]
-        entry["arch"]["level"] = rec["level"]
-        entry["calibration"] = rec
-        write_json_atomic(d / MANIFEST, man)
+        _record_level(weights_dir, rec)
     return rec
 
 
@@ -116,6 +110,8 @@ def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED,
 
     from .heads import HELD_OUT, realistic_head
 
+    if kind not in ("total", "local"):
+        raise ValueError(f"kind must be 'total' or 'local', got {kind!r}")
     held = sorted(set(int(i) for i in maps) & set(HELD_OUT))
     if held:
         raise QSMInputError("maps", f"{held} are held out from training",
@@ -132,8 +128,6 @@ def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED,
             b0 = (0.0, math.sin(t), math.cos(t)) if tilt else (0.0, 0.0, 1.0)
             h = realistic_head(int(i), size=int(size), voxel_size=vs, b0_dir=b0)
             m = h["mask"] > 0
-            if kind not in ("total", "local"):
-                raise ValueError(f"kind must be 'total' or 'local', got {kind!r}")
             inp = QSMInput(field=h[f"{kind}_field"], mask=m, kind=kind,
                            voxel_size=tuple(map(float, h["voxel_size"])), b0_dir=tuple(map(float, h["b0_dir"])))
             r0 = run("nextqsm", inp, weights_dir=w0, bfr=bfr)
@@ -161,9 +155,6 @@ def calibrate_level_on_heads(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEA
     (the pipeline's choice for their voxel size, e.g. LBV at 1 mm, V-SHARP at 2-3 mm), which overrides
     ``arch.level`` on that path only (the VN's level bias differs between paths and resolutions). Returns the
     record."""
-    from nextqsm.io import write_json_atomic
-    from nextqsm.models.weights import MANIFEST, load_manifest
-
     heads = head_level_bias(weights_dir, maps, tilted, size, voxel_mm, bfr, kind, log)
     bias = np.array([h["bias"] for h in heads])
     paths = sorted({h["path"] for h in heads})
@@ -176,14 +167,23 @@ def calibrate_level_on_heads(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEA
            "per_path": bool(per_path), "kind": kind, "heads": heads,
            "unit": "robust_scale of the input field (unitless)"}
     if write:
-        d = Path(weights_dir)
-        man = load_manifest(d)
-        entry = man["models"]["nextqsm-vn"]
-        if per_path:
-            entry.setdefault("levels", {})[paths[0]] = rec["level"]
-            entry.setdefault("level_calibrations", {})[paths[0]] = rec
-        else:
-            entry["arch"]["level"] = rec["level"]
-            entry["calibration"] = rec
-        write_json_atomic(d / MANIFEST, man)
+        _record_level(weights_dir, rec, paths[0] if per_path else None)
     return rec
+
+
+def _record_level(weights_dir: str | Path, rec: dict, path: str | None = None) -> None:
+    """Write ``rec['level']`` into the manifest's ``nextqsm-vn`` entry: as ``arch.level`` with ``calibration`` =
+    ``rec``, or for one input ``path`` as ``levels[path]`` with ``level_calibrations[path]`` = ``rec``."""
+    from nextqsm.io import write_json_atomic
+    from nextqsm.models.weights import MANIFEST, load_manifest
+
+    d = Path(weights_dir)
+    man = load_manifest(d)
+    entry = man["models"]["nextqsm-vn"]
+    if path is None:
+        entry["arch"]["level"] = rec["level"]
+        entry["calibration"] = rec
+    else:
+        entry.setdefault("levels", {})[path] = rec["level"]
+        entry.setdefault("level_calibrations", {})[path] = rec
+    write_json_atomic(d / MANIFEST, man)
