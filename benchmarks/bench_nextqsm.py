@@ -66,9 +66,10 @@ def available(names):
 
 
 def tilted_b0(deg: float) -> tuple[float, float, float]:
-    """B0 unit vector tilted ``deg`` degrees from the k axis towards j (a head pitched in the coil)."""
-    t = math.radians(float(deg))
-    return (0.0, math.sin(t), math.cos(t))
+    """B0 unit vector tilted ``deg`` degrees from the k axis towards j (``nextqsm_training.heads.tilted_b0``)."""
+    from nextqsm_training.heads import tilted_b0 as tilt
+
+    return tilt(deg)
 
 
 def bench_heads(heads, size, methods, noise_var, log, reuse: dict | None = None, b0_tilt: float = 0.0) -> dict:

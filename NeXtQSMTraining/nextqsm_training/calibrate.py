@@ -102,13 +102,12 @@ def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED,
     the brain into the grid); ``bfr``: background removal (default: the manifest's); ``kind``: ``'total'``, or
     ``'local'`` for the heads' true local field through the default local path (VN + refinement, which is not
     exactly linear in the level: the bias is then a first-order estimate)."""
-    import math
     import tempfile
 
     from nextqsm.errors import QSMInputError
     from nextqsm.pipeline import QSMInput, run
 
-    from .heads import HELD_OUT, realistic_head
+    from .heads import HELD_OUT, realistic_head, tilted_b0
 
     if kind not in ("total", "local"):
         raise ValueError(f"kind must be 'total' or 'local', got {kind!r}")
@@ -117,7 +116,6 @@ def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED,
         raise QSMInputError("maps", f"{held} are held out from training",
                             f"calibrate on training maps only, e.g. {' '.join(map(str, HEAD_MAPS))}")
     src = Path(weights_dir)
-    t = math.radians(HEAD_TILT_DEG)
     vs = None if voxel_mm is None else (float(voxel_mm),) * 3
     out = []
     with tempfile.TemporaryDirectory(prefix="nextqsm-level-") as tmp:
@@ -125,8 +123,7 @@ def head_level_bias(weights_dir: str | Path, maps=HEAD_MAPS, tilted=HEAD_TILTED,
         w1 = _folder_with_level(src, Path(tmp) / "l1", 1.0)
         for i in maps:
             tilt = int(i) in set(int(j) for j in tilted)
-            b0 = (0.0, math.sin(t), math.cos(t)) if tilt else (0.0, 0.0, 1.0)
-            h = realistic_head(int(i), size=int(size), voxel_size=vs, b0_dir=b0)
+            h = realistic_head(int(i), size=int(size), voxel_size=vs, b0_dir=tilted_b0(HEAD_TILT_DEG if tilt else 0.0))
             m = h["mask"] > 0
             inp = QSMInput(field=h[f"{kind}_field"], mask=m, kind=kind,
                            voxel_size=tuple(map(float, h["voxel_size"])), b0_dir=tuple(map(float, h["b0_dir"])))

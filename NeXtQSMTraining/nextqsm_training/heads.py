@@ -21,6 +21,7 @@ near-mask sources, not the grid (benchmarks/results_diag_tilt.md).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import numpy as np
@@ -122,6 +123,12 @@ def _head(src: LabelSource, size: int, seed: int, b0: tuple, vs: tuple | None, v
         "b0_dir": (np.asarray(b0, float) / np.linalg.norm(b0)).astype(np.float32),
         "source": vol.name,
     }
+
+
+def tilted_b0(deg: float) -> tuple[float, float, float]:
+    """B0 unit vector tilted ``deg`` degrees from the k axis towards j (a head pitched in the coil), voxel axes."""
+    t = math.radians(float(deg))
+    return (0.0, math.sin(t), math.cos(t))
 
 
 def realistic_head(index: int | str = HELD_OUT[0], size: int = 160, seed: int = 0,
