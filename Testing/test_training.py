@@ -577,3 +577,44 @@ def test_snapshots_and_checkpoint_average(tmp_path):
     p = subprocess.run(cmd[:-2] + [str(tmp_path / "other" / "snapshots" / "step_0000001.pt"), "--out",
                                    str(tmp_path / "bad.pt")], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and "another architecture" in p.stderr and not (tmp_path / "bad.pt").exists()
+
+
+def test_blend_weights_interpolates_two_folders(tmp_path):
+    """`nextqsm-train blend A B --alpha W --out O` (a real subprocess) writes (1 - W) A + W B into a copy of A's
+    folder, with A's level and no per-path levels; the result loads and runs; other architectures are refused."""
+    from nextqsm.models.weights import load_manifest, load_model
+
+    from nextqsm_training.train import blend_weights
+
+    dirs = []
+    for name, seed in (("a", 0), ("b", 1)):
+        cfg = tiny_config(tmp_path / name, phase1_steps=2, phase2_steps=0)
+        cfg.train.seed = seed
+        fit(cfg)
+        export_checkpoint(tmp_path / name / "last.pt", tmp_path / f"w{name}")
+        dirs.append(tmp_path / f"w{name}")
+    man = load_manifest(dirs[0])
+    man["models"]["nextqsm-vn"]["levels"] = {"lbv": 0.5}
+    from nextqsm.io import write_json_atomic
+    write_json_atomic(dirs[0] / "manifest.json", man)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "NeXtQSM"), str(REPO / "NeXtQSMTraining")])}
+    cmd = [sys.executable, "-m", "nextqsm_training.cli", "blend", str(dirs[0]), str(dirs[1]), "--alpha", "0.25",
+           "--out", str(tmp_path / "wab")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["training"]["blend"]["alpha"] == 0.25
+    sa, sb, sab = (load_model("nextqsm-vn", d).state_dict() for d in (*dirs, tmp_path / "wab"))
+    assert not torch.equal(sa["reg.enc.0.0.weight"], sb["reg.enc.0.0.weight"])   # the two trainings differ
+    for k, v in sab.items():
+        torch.testing.assert_close(v, 0.75 * sa[k] + 0.25 * sb[k], rtol=1e-6, atol=1e-7)
+    entry = load_manifest(tmp_path / "wab")["models"]["nextqsm-vn"]
+    assert "levels" not in entry and entry["arch"].get("level", 0.0) == man["models"]["nextqsm-vn"]["arch"].get("level", 0.0)
+    assert (tmp_path / "wab" / "nextqsm-bfr.safetensors").exists()        # A's other models come along
+    load_model("nextqsm-bfr", tmp_path / "wab")
+    other = tiny_config(tmp_path / "other", phase1_steps=1, phase2_steps=0)
+    other.model.vn["unet"] = {**other.model.vn["unet"], "base": other.model.vn["unet"]["base"] * 2}
+    fit(other)
+    export_checkpoint(tmp_path / "other" / "last.pt", tmp_path / "wo")
+    with pytest.raises(QSMInputError, match="different architectures"):
+        blend_weights(dirs[0], tmp_path / "wo", 0.5, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -789,6 +789,53 @@ def average_checkpoints(paths: list[str | Path], out: str | Path) -> dict:
     return {"averaged_steps": steps, "out": str(out)}
 
 
+# ---------------------------------------------------------------------------------------- blend
+def blend_weights(a_dir: str | Path, b_dir: str | Path, alpha: float, out_dir: str | Path,
+                  name: str = "nextqsm-vn") -> dict:
+    """Weight-space interpolation of two weights folders' model ``name``: (1 - alpha) A + alpha B.
+
+    Meant for two fine-tunings of one network (e.g. the shipped VN and a candidate trained from it), which
+    share a basin, so the blend trades their strengths. ``out_dir`` gets a copy of A's folder (its other
+    models and pipeline defaults) with ``name`` replaced; the blend's chi ``level`` is A's ``arch.level`` and
+    any per-path ``levels`` are dropped (a new network needs its own ``nextqsm-train calibrate-level``).
+    Returns the new manifest entry."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from nextqsm.errors import QSMInputError
+    from nextqsm.models.weights import build_model, load_manifest, save_model
+
+    a, b, out = Path(a_dir), Path(b_dir), Path(out_dir)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise QSMInputError("alpha", f"{alpha} is outside [0, 1]", "pass the weight of B between 0 and 1")
+    if out.resolve() in (a.resolve(), b.resolve()):
+        raise QSMInputError("out", f"{out} is one of the inputs", "write the blend to a new folder")
+    ea, eb = (load_manifest(d).get("models", {}).get(name) for d in (a, b))
+    if ea is None or eb is None:
+        raise QSMInputError("weights", f"model {name!r} is missing from {a if ea is None else b}",
+                            "pass two weights folders that both hold it")
+    arch_a = {k: v for k, v in ea["arch"].items() if k != "level"}
+    arch_b = {k: v for k, v in eb["arch"].items() if k != "level"}
+    sa, sb = load_file(str(a / ea["file"])), load_file(str(b / eb["file"]))
+    if ea["class"] != eb["class"] or arch_a.get("unet") != arch_b.get("unet") or set(sa) != set(sb) \
+            or any(sa[k].shape != sb[k].shape for k in sa):
+        raise QSMInputError("weights", f"{a} and {b} hold different architectures of {name!r}",
+                            "blend two trainings of one architecture")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in a.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    model = build_model(ea["class"], ea["arch"])
+    w = float(alpha)
+    model.load_state_dict({k: ((1 - w) * sa[k].double() + w * sb[k].double()).to(sa[k].dtype)
+                           if sa[k].is_floating_point() else sa[k] for k in sa})
+    training = {"blend": {"alpha": w, **{f"{k}{f}": v for k, d, e in (("a", a, ea), ("b", b, eb))
+                                         for f, v in (("", str(d)), ("_sha256", e["sha256"]),
+                                                      ("_steps", e.get("training", {}).get("steps")))}}}
+    return save_model(model, name, out, training=training)
+
+
 # ---------------------------------------------------------------------------------------- export
 def export_checkpoint(checkpoint: str | Path, weights_dir: Optional[str | Path] = None, data: str = "") -> dict:
     """Write the networks a ``fit`` checkpoint trained as safetensors + manifest entries.

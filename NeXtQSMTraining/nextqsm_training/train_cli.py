@@ -1,4 +1,4 @@
-"""`nextqsm-train fit`, `export`, `average` and `calibrate-level` (registered by ``nextqsm_training.cli``)."""
+"""`nextqsm-train fit`, `export`, `average`, `blend` and `calibrate-level` (registered by ``nextqsm_training.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,15 @@ def register(subparsers) -> None:
     a.add_argument("checkpoints", nargs="+", help="fit checkpoints or OUT/snapshots/step_*.pt of one run")
     a.add_argument("--out", required=True, help="averaged model-only checkpoint to write")
     a.set_defaults(func=_average)
+
+    b = subparsers.add_parser("blend", help="weight-space interpolation of two weights folders' VN: (1 - alpha) A + alpha B",
+                              description="Writes OUT: a copy of A's folder with nextqsm-vn replaced by the blend "
+                                          "(A's level, no per-path levels: calibrate the new folder).")
+    b.add_argument("a", help="weights folder A")
+    b.add_argument("b", help="weights folder B (same VN architecture)")
+    b.add_argument("--alpha", type=float, required=True, help="weight of B, 0..1")
+    b.add_argument("--out", required=True, help="new weights folder")
+    b.set_defaults(func=_blend)
 
     c = subparsers.add_parser("calibrate-level", help="fit the VN's chi level on generator data or test heads (manifest 'level')",
                               description="Measure the VN's bias of chi's mean over the brain on generator items "
@@ -84,6 +93,14 @@ def _fit(args: argparse.Namespace) -> int:
         cfg.out_dir = args.out
     res = fit(cfg, resume=args.resume, max_steps=args.max_steps)
     print(json.dumps({k: v for k, v in res.items()}, default=str))
+    return 0
+
+
+def _blend(args: argparse.Namespace) -> int:
+    from .train import blend_weights
+
+    e = blend_weights(args.a, args.b, args.alpha, args.out)
+    print(json.dumps({k: e[k] for k in ("file", "sha256", "parameters", "training")}))
     return 0
 
 
