@@ -79,7 +79,7 @@ class NeXtQSMParameterNode:
     useVSharpL2: bool = False
     useTKD: bool = False
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
-    nextqsmFlips: Annotated[str, Choice(["1", "2", "4", "8"])] = "1"
+    nextqsmFlips: Annotated[str, Choice(["auto", "1", "2", "4", "8"])] = "auto"
     nextqsmRefine: Annotated[str, Choice(["auto", "on", "off"])] = "auto"
     nextqsmBfr: Annotated[str, Choice(["auto", "vsharp", "lbv", "unet"])] = "auto"
     chiReference: Annotated[str, Choice(["none", "mean"])] = "none"
@@ -217,7 +217,7 @@ class NeXtQSMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 te_ms=p.echoTimesMs, b0_t=p.b0Tesla,
                 b0_dir=self.logic.parseVector(p.b0Direction) if p.overrideB0Direction else None,
                 device=p.device, field_kind=p.fieldKind, progress=self._onProgress,
-                method_params=self.logic.methodParams(methods, nextqsmFlips=int(p.nextqsmFlips),
+                method_params=self.logic.methodParams(methods, nextqsmFlips=p.nextqsmFlips,
                                                      nextqsmRefine=p.nextqsmRefine, nextqsmBfr=p.nextqsmBfr,
                                                      reference=p.chiReference))
             self.ui.progressBar.value = 0
@@ -321,7 +321,7 @@ class NeXtQSMLogic(ScriptedLoadableModuleLogic):
         return self.core.run(phaseNode, maskNode, magnitudeNode, methods=list(methods), **kwargs)
 
     @staticmethod
-    def methodParams(methods, nextqsmFlips: int = 1, nextqsmRefine: str = "auto", nextqsmBfr: str = "auto",
+    def methodParams(methods, nextqsmFlips: str = "auto", nextqsmRefine: str = "auto", nextqsmBfr: str = "auto",
                      reference: str = "none") -> dict:
         """Per-method parameters from the GUI's options (``nextqsm.slicer_logic.nextqsm_params``, ``with_reference``)."""
         from nextqsm.slicer_logic import nextqsm_params, with_reference

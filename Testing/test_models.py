@@ -576,6 +576,34 @@ def test_flip_tta_solves_each_flipped_problem_with_its_own_b0(weights_dir):
         run("nextqsm", inp, weights_dir=weights_dir, tta=3)
 
 
+def test_tta_default_comes_from_the_manifest_per_device(weights_dir, tmp_path):
+    """tta=None / 'auto' takes the weights folder's ``defaults.tta``: a count for every device, or a count per
+    device type (the CPU run of {'cuda': 8, 'cpu': 2} flips twice); an explicit tta wins; a bad value is named."""
+    import shutil
+
+    from nextqsm.models.inference import default_tta
+    from nextqsm.models.weights import set_defaults
+
+    assert default_tta({}, "cpu") == 1 and default_tta({"tta": 4}, "cuda:0") == 4
+    assert default_tta({"tta": {"cuda": 8, "cpu": 1}}, "cuda:1") == 8 and default_tta({"tta": {"cuda": 8}}, "cpu") == 1
+    d = tmp_path / "w"
+    shutil.copytree(weights_dir, d)
+    set_defaults(d, tta={"cuda": 8, "cpu": 2})
+    chi, lf, mask = toy(20, b0=(0.0, 0.3, 1.0))
+    inp = QSMInput(field=lf, mask=mask, kind="local", voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.3, 1.0))
+    auto = run("nextqsm", inp, weights_dir=d, device="cpu")
+    two = run("nextqsm", inp, weights_dir=weights_dir, device="cpu", tta=2)
+    one = run("nextqsm", inp, weights_dir=d, device="cpu", tta=1)
+    assert auto.params["tta"] == 2 and one.params["tta"] == 1
+    np.testing.assert_array_equal(auto.chi, two.chi)
+    assert run("nextqsm", inp, weights_dir=d, device="cpu", tta="auto").params["tta"] == 2
+    set_defaults(d, tta=3)
+    with pytest.raises(QSMInputError, match="defaults.tta"):
+        run("nextqsm", inp, weights_dir=d, device="cpu")
+    with pytest.raises(QSMInputError, match="tta"):
+        run("nextqsm", inp, weights_dir=d, device="cpu", tta=True)
+
+
 def test_cpu_channels_last_inference_matches_default_layout(monkeypatch):
     """CPU inference runs the networks with channels-last convolution weights (faster on whole heads); chi is the
     same as with the default layout (the shipped weights, U-Net background removal + VN)."""

@@ -225,6 +225,9 @@ def test_gui_options_reach_nextqsm(las_case):
     assert nextqsm_params(["tkd"], flips=8, refine="on") == {}
     assert nextqsm_params(["nextqsm"]) == {}
     assert nextqsm_params(["nextqsm", "tkd"], flips="4", refine="off") == {"nextqsm": {"tta": 4, "refine": False}}
+    assert nextqsm_params(["nextqsm"], flips="auto") == {} and nextqsm_params(["nextqsm"], flips=1) == {"nextqsm": {"tta": 1}}
+    with pytest.raises(ValueError, match="flips"):
+        nextqsm_params(["nextqsm"], flips=3)
     assert nextqsm_params(["nextqsm"], refine="on") == {"nextqsm": {"refine": True}}
     with pytest.raises(ValueError, match="refine"):
         nextqsm_params(["nextqsm"], refine="maybe")

@@ -76,10 +76,11 @@ def _bfr_options() -> tuple[str, ...]:
 BFR_OPTIONS = _bfr_options()
 
 
-def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "auto", bfr: str = "auto") -> dict:
+def nextqsm_params(methods: Sequence[str], flips: int | str = "auto", refine: str = "auto", bfr: str = "auto") -> dict:
     """Per-method parameters from the module's GUI options, for ``method_params``.
 
-    ``flips``: NeXtQSM's test-time flips (``tta``; 1 = off); ``refine``: 'auto' (the pipeline's default: the TV
+    ``flips``: NeXtQSM's test-time flips (``tta``: 1 = off, 2, 4, 8; 'auto': the shipped weights' default for the
+    device, see ``nextqsm.models.inference.default_tta``); ``refine``: 'auto' (the pipeline's default: the TV
     refinement for a local field given by the user, none after background removal), 'on' or 'off';
     ``bfr``: one of :data:`BFR_OPTIONS` (background removal of a total field before the VN).
     """
@@ -90,7 +91,9 @@ def nextqsm_params(methods: Sequence[str], flips: int | str = 1, refine: str = "
     if "nextqsm" not in methods:
         return {}
     p: dict = {}
-    if int(flips) > 1:
+    if str(flips) != "auto":
+        if str(flips) not in ("1", "2", "4", "8"):
+            raise ValueError(f"flips must be 'auto', 1, 2, 4 or 8, got {flips!r}")
         p["tta"] = int(flips)
     if refine != "auto":
         p["refine"] = refine == "on"

@@ -28,7 +28,8 @@ On CUDA the classical background removal runs on the GPU too: V-SHARP with torch
 with a torch conjugate-gradient solve (``bfr='lbv'``); numpy/scipy on the CPU if that fails
 (``result.params['vsharp_fallback']`` / ``['lbv_fallback']``; the device used is ``params['<bfr>_device']``).
 Test-time flips (``tta`` = 2, 4 or 8): the VN runs on flipped copies of its input (B0 flipped with
-them) and the flipped-back results are averaged; off by default (N times the VN's time).
+them) and the flipped-back results are averaged (N times the VN's time). ``tta=None`` / ``'auto'``: the
+manifest's ``defaults.tta`` for the device the VN runs on (:func:`default_tta`), else 1 (off).
 Data consistency (``dc_mu``): the VN's optional final closed-form step towards the measured field
 (:func:`nextqsm.models.vn.consistency_step`, one FFT pair). ``dc_mu=None``: the shipped model's weight for
 a local field given by the user (``kind='local'``), but 0 (off) after the pipeline's own background
@@ -120,6 +121,18 @@ def default_bfr(defaults: dict, voxel_size) -> str:
     return str(defaults.get("bfr", "unet"))
 
 
+def default_tta(defaults: dict, device: str) -> int:
+    """Test-time flips the manifest's ``defaults`` choose for ``device``: ``tta`` is a count (every device) or
+    ``{"cuda": n, "cpu": n}`` (by the device's type; a type not named gets 1); no ``tta``: 1 (off)."""
+    t = defaults.get("tta", 1)
+    if isinstance(t, dict):
+        t = t.get(str(device).split(":")[0], 1)
+    if t not in FLIP_COUNTS:
+        raise QSMInputError("weights", f"manifest defaults.tta {defaults.get('tta')!r} is not one of {FLIP_COUNTS}",
+                            "fix the weights folder's manifest (a count, or {'cuda': n, 'cpu': n})")
+    return int(t)
+
+
 def path_level(weights_dir, name: str, path: str) -> Optional[float]:
     """The VN's chi level calibrated for input ``path`` (``'lbv'``, ``'vsharp'``, ``'unet'`` background removal
     of a total field, or ``'local'``): the manifest entry's ``levels[path]`` (``nextqsm-train calibrate-level
@@ -150,7 +163,7 @@ def _check(inp: QSMInput) -> None:
 
 def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir, device, margin, pad, tile,
          overlap, max_voxels, method: str, bfr: Optional[str] = "unet",
-         out_mask: Optional[np.ndarray] = None, tta: int = 1, dc_mu: Optional[float] = None,
+         out_mask: Optional[np.ndarray] = None, tta: int | str | None = None, dc_mu: Optional[float] = None,
          refine: Optional[bool] = None, refine_l: Optional[float] = None, precision: str = "auto",
          level_path: Optional[str] = None) -> QSMResult:
     import torch
@@ -169,8 +182,9 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         bfr = default_bfr(load_manifest(weights_dir).get("defaults", {}), inp.voxel_size)
     if bfr not in BFR_CHOICES:
         raise QSMInputError("bfr", f"unknown background removal {bfr!r}", f"use one of {', '.join(BFR_CHOICES)}")
-    if tta not in FLIP_COUNTS:
-        raise QSMInputError("tta", f"must be one of {FLIP_COUNTS}, got {tta!r}", "use 1 (off), 2, 4 or 8 flips")
+    if tta not in (None, "auto", *FLIP_COUNTS) or isinstance(tta, bool):
+        raise QSMInputError("tta", f"must be one of {FLIP_COUNTS} or 'auto', got {tta!r}",
+                            "use 1 (off), 2, 4 or 8 flips, or 'auto' (the weights' default for the device)")
     if dc_mu is not None and (isinstance(dc_mu, bool) or not (isinstance(dc_mu, (int, float)) and np.isfinite(dc_mu) and dc_mu >= 0)):
         raise QSMInputError("dc_mu", f"must be a finite number >= 0, got {dc_mu!r}",
                             "use 0 (no consistency step) or a weight such as 0.1-1")
@@ -217,6 +231,10 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
             res.params[f"{bfr}_fallback"] = bfr_note
         return res
     dev = pick_device(device or inp.device)
+    if tta in (None, "auto"):   # resolved once, for the device chosen here (a CPU fallback keeps it)
+        from .weights import load_manifest
+
+        tta = default_tta(load_manifest(weights_dir).get("defaults", {}), dev)
     report(progress, 0.02, "loading weights")
     bfr_name, inv_name = names
     bfr_net = load_model(bfr_name, weights_dir) if (bfr_name and inp.kind == "total") else None
@@ -401,7 +419,7 @@ def _flip_average(vn, field, mask, out_mask, voxel_size, b0_dir, n: int):
 
 def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional[str] = None, margin: int = 8,
                 pad: Optional[int] = 16, tile: Optional[int] = None, overlap: int = 16,
-                max_voxels: int = 24_000_000, bfr: Optional[str] = None, tta: int = 1,
+                max_voxels: int = 24_000_000, bfr: Optional[str] = None, tta: int | str | None = None,
                 dc_mu: Optional[float] = None, refine: Optional[bool] = None, refine_l: Optional[float] = None,
                 precision: str = "auto", **unknown) -> QSMResult:
     """NeXtQSM: U-Net background removal (``inp.kind == 'total'``) then the VN; fields/chi in ppm.
@@ -420,7 +438,8 @@ def run_nextqsm(inp: QSMInput, progress=None, weights_dir=None, device: Optional
             ``None``: :func:`default_bfr` of the manifest's defaults (shipped: LBV when every voxel edge
             is <= 2.25 mm, else V-SHARP), else 'unet'. Only used for ``inp.kind == 'total'``.
         tta: test-time augmentation: the VN's chi averaged over 1 (off), 2, 4 or 8 flips of the voxel
-            axes (:func:`_flip_average`); costs ``tta`` VN runs.
+            axes (:func:`_flip_average`); costs ``tta`` VN runs. ``None`` / ``'auto'``: the manifest's
+            ``defaults.tta`` for the device used (:func:`default_tta`), else 1.
         dc_mu: weight of the VN's final closed-form data-consistency step
             (:func:`nextqsm.models.vn.consistency_step`; 0 = off); ``None``: the shipped model's value
             for ``kind='local'`` input, off after the pipeline's background removal (module doc); off
