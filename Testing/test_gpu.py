@@ -44,6 +44,23 @@ def test_cuda_inference_matches_cpu(weights_dir):
 
 
 
+def test_cuda_takes_the_manifest_flips_for_cuda(weights_dir, tmp_path):
+    """defaults.tta {'cuda': 8, 'cpu': 1} (the shipped setting): 8 flips on the GPU, 1 on the CPU; the GPU's
+    8-flip chi equals the CPU's with tta=8."""
+    import shutil
+
+    from nextqsm.models.weights import set_defaults
+    from nextqsm.pipeline import run
+
+    d = tmp_path / "w"
+    shutil.copytree(weights_dir, d)
+    set_defaults(d, tta={"cuda": 8, "cpu": 1})
+    g = run("nextqsm", _inp(), weights_dir=d, device="cuda")
+    c = run("nextqsm", _inp(), weights_dir=d, device="cpu", tta=8)
+    assert g.params["tta"] == 8 and run("nextqsm", _inp(), weights_dir=d, device="cpu").params["tta"] == 1
+    assert np.abs(g.chi - c.chi).max() <= 1e-3 * max(np.abs(c.chi).max(), 1e-6)
+
+
 def test_vsharp_on_cuda_matches_numpy(weights_dir):
     """The default total-field pipeline runs V-SHARP with torch FFTs on the GPU: same result as numpy."""
     from nextqsm.methods.vsharp import vsharp
