@@ -45,7 +45,7 @@ def test_cuda_inference_matches_cpu(weights_dir):
 
 
 def test_cuda_takes_the_manifest_flips_for_cuda(weights_dir, tmp_path):
-    """defaults.tta {'cuda': 8, 'cpu': 1} (the shipped setting): 8 flips on the GPU, 1 on the CPU; the GPU's
+    """defaults.tta {'cuda': 8, 'cpu': 1}: 8 flips on the GPU, 1 on the CPU; the GPU's
     8-flip chi equals the CPU's with tta=8."""
     import shutil
 
