@@ -103,7 +103,7 @@ def test_amp_training_step_and_resume_on_cuda(tmp_path):
     assert res["step"] == 2 and np.isfinite(res["last"]["loss"])
 
 
-def test_cuda_oom_falls_back_to_cpu(weights_dir, monkeypatch):
+def test_cuda_oom_falls_back_to_cpu(weights_dir, monkeypatch, tmp_path):
     """A CUDA out-of-memory error during inference reruns the case on the CPU."""
     from nextqsm.models import vn as vnmod
     from nextqsm.pipeline import run
@@ -120,3 +120,13 @@ def test_cuda_oom_falls_back_to_cpu(weights_dir, monkeypatch):
     monkeypatch.setattr(vnmod.VariationalNetwork, "forward", oom_on_cuda)
     res = run("nextqsm", _inp(), weights_dir=weights_dir, device="cuda")
     assert res.device == "cpu" and "fallback" in res.params
+    # the default flips follow the device that ran: the CPU's count after the fallback, an explicit count is kept
+    import shutil
+
+    from nextqsm.models.weights import set_defaults
+
+    d = tmp_path / "w"
+    shutil.copytree(weights_dir, d)
+    set_defaults(d, tta={"cuda": 8, "cpu": 2})
+    assert run("nextqsm", _inp(), weights_dir=d, device="cuda").params["tta"] == 2
+    assert run("nextqsm", _inp(), weights_dir=d, device="cuda", tta=4).params["tta"] == 4

@@ -231,10 +231,12 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
             res.params[f"{bfr}_fallback"] = bfr_note
         return res
     dev = pick_device(device or inp.device)
-    if tta in (None, "auto"):   # resolved once, for the device chosen here (a CPU fallback keeps it)
+    tta_auto = tta in (None, "auto")
+    if tta_auto:   # the weights' default for the device chosen here (re-resolved if CUDA falls back to the CPU)
         from .weights import load_manifest
 
-        tta = default_tta(load_manifest(weights_dir).get("defaults", {}), dev)
+        tta_defaults = load_manifest(weights_dir).get("defaults", {})
+        tta = default_tta(tta_defaults, dev)
     report(progress, 0.02, "loading weights")
     bfr_name, inv_name = names
     bfr_net = load_model(bfr_name, weights_dir) if (bfr_name and inp.kind == "total") else None
@@ -317,6 +319,8 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
         torch.cuda.empty_cache()
         params["fallback"] = "CUDA out of memory; ran on the CPU"
         dev = "cpu"
+        if tta_auto:   # the CPU's own default flips (attempt reads tta when it runs)
+            tta = params["tta"] = default_tta(tta_defaults, dev)
         chi_c, lf_c, t = attempt(dev)
     timings.update(t)
     if refine_cfg is not None:
