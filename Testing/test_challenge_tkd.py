@@ -27,3 +27,10 @@ def test_tkd_on_challenge_matches_reference_figures(tmp_path):
     e_33 = nrmse(chi, nib.load(str(d / "chi_33.nii.gz")).get_fdata(), mask)
     assert abs(e_cosmos - 86.5) <= 1.5, e_cosmos
     assert abs(e_33 - 110.6) <= 1.5, e_33
+    # the JSON sidecar says what produced the map
+    import json
+
+    meta = json.loads((tmp_path / "out.json").read_text())
+    assert meta["Method"] == "tkd" and meta["InputKind"] == "local" and meta["Units"] == "ppm"
+    assert meta["MethodParameters"]["tkd_threshold"] == 0.19 and meta["VoxelSize_mm"] == list(map(float, chi_img.header.get_zooms()[:3]))
+    assert "Weights" not in meta and meta["Timings_s"]["total"] > 0

@@ -56,7 +56,28 @@ def test_good_input_runs(good, capsys):
     assert code == 0, capsys.readouterr().err
     img = nib.load(str(out))
     assert np.allclose(img.affine, AFF) and img.shape == field.shape
-    assert sorted(os.listdir(out.parent)) == ["chi.nii.gz"]  # TKD on a local field computes no local field
+    assert sorted(os.listdir(out.parent)) == ["chi.json", "chi.nii.gz"]  # TKD on a local field: no local field
+
+
+def test_sidecar_records_how_nextqsm_ran(good, capsys):
+    """`nextqsm FIELD MASK OUT` writes OUT's JSON sidecar: method, the parameters as run (background removal,
+    flips, chi level), geometry, and the sha256 of the shipped weights it used."""
+    import json
+
+    from nextqsm.models.weights import load_manifest
+
+    tmp, field, mask = good
+    out = tmp / "o" / "chi.nii.gz"
+    code = main([_write(tmp / "f.nii.gz", field), _write(tmp / "m.nii.gz", mask), str(out), "--method", "nextqsm",
+                 "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(os.listdir(out.parent)) == ["chi.json", "chi.nii.gz", "chi_localfield.nii.gz"]
+    meta = json.loads((out.parent / "chi.json").read_text())
+    shipped = load_manifest()["models"]
+    assert meta["Method"] == "nextqsm" and meta["InputKind"] == "total" and meta["VoxelSize_mm"] == [1.5, 1.5, 2.0]
+    assert meta["MethodParameters"]["tta"] == load_manifest()["defaults"]["tta"]["cpu"]
+    assert meta["MethodParameters"]["bfr"] == "lbv" and meta["Device"] == "cpu"
+    assert meta["Weights"] == {"nextqsm-bfr": shipped["nextqsm-bfr"]["sha256"], "nextqsm-vn": shipped["nextqsm-vn"]["sha256"]}
 
 
 def test_nan(good, capsys):

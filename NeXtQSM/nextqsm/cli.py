@@ -109,8 +109,29 @@ def load_reference(value: str, fv):
     return roi
 
 
+def run_sidecar(args: argparse.Namespace, res, kw: dict) -> dict:
+    """What produced ``args.out`` (written next to it as a BIDS-style JSON sidecar): method, its parameters as run
+    (e.g. NeXtQSM's background removal, flips, chi level), device, timings, geometry, inputs and, for the networks,
+    the weights' sha256."""
+    import nextqsm
+
+    meta = {"Method": res.method, "MethodParameters": res.params, "Device": res.device,
+            "Timings_s": {k: round(float(v), 3) for k, v in res.timings.items()}, "Units": "ppm",
+            "InputField": str(args.field), "InputKind": args.input, "Mask": str(args.mask),
+            "Reference": args.reference, "B0Direction": [float(b) for b in kw["b0_dir"]],
+            "VoxelSize_mm": [float(v) for v in kw["voxel_size"]],
+            "Software": {"Name": "nextqsm", "Version": getattr(nextqsm, "__version__", "unknown")}}
+    names = [n for n in (res.params or {}).get("weights", []) if n]
+    if names:
+        from .models.weights import load_manifest
+
+        models = load_manifest(dict(args.param).get("weights_dir")).get("models", {})
+        meta["Weights"] = {n: models.get(n, {}).get("sha256") for n in names}
+    return meta
+
+
 def run_official(args: argparse.Namespace) -> int:
-    from .io import save_nifti, with_suffix_tag
+    from .io import save_nifti, sidecar_path, with_suffix_tag, write_json_atomic
     from .pipeline import QSMInput, run
 
     kw, fv = load_field_and_mask(args.field, args.mask, args.allow_any_range, args.voxel_size, args.b0_dir, args.input)
@@ -130,6 +151,7 @@ def run_official(args: argparse.Namespace) -> int:
         if res.local_field is not None:
             written.append(save_nifti(res.local_field, fv.affine, with_suffix_tag(out, "_localfield"),
                                       header=fv.header, description=f"local field ppm {args.method}"))
+        written.append(write_json_atomic(sidecar_path(out), run_sidecar(args, res, kw)))   # last: the done marker
     except BaseException:
         for w in written:
             if os.path.exists(w):
