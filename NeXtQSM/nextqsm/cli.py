@@ -113,14 +113,11 @@ def run_sidecar(args: argparse.Namespace, res, kw: dict) -> dict:
     """What produced ``args.out`` (written next to it as a BIDS-style JSON sidecar): method, its parameters as run
     (e.g. NeXtQSM's background removal, flips, chi level), device, timings, geometry, inputs and, for the networks,
     the weights' sha256."""
-    import nextqsm
+    from .pipeline import run_record
 
-    meta = {"Method": res.method, "MethodParameters": res.params, "Device": res.device,
-            "Timings_s": {k: round(float(v), 3) for k, v in res.timings.items()}, "Units": "ppm",
-            "InputField": str(args.field), "InputKind": args.input, "Mask": str(args.mask),
+    meta = {**run_record(res), "InputField": str(args.field), "InputKind": args.input, "Mask": str(args.mask),
             "Reference": args.reference, "B0Direction": [float(b) for b in kw["b0_dir"]],
-            "VoxelSize_mm": [float(v) for v in kw["voxel_size"]],
-            "Software": {"Name": "nextqsm", "Version": getattr(nextqsm, "__version__", "unknown")}}
+            "VoxelSize_mm": [float(v) for v in kw["voxel_size"]]}
     names = [n for n in (res.params or {}).get("weights", []) if n]
     if names:
         from .models.weights import load_manifest

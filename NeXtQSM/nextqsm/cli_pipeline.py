@@ -91,20 +91,15 @@ def process(inputs, method: str, device: str = "auto", unwrapper: str = "region"
 
 def provenance(inputs, res, info: dict, args_like: dict[str, Any]) -> dict[str, Any]:
     """JSON-able description of what was run (for nextqsm.json / BIDS derivative sidecars)."""
-    import nextqsm
+    from .pipeline import run_record
 
     return {
-        "Method": res.method,
-        "MethodParameters": res.params,
-        "Device": res.device,
-        "Timings_s": {k: round(float(v), 3) for k, v in res.timings.items()},
+        **run_record(res),
         "EchoTime": inputs.tes_s,
         "MagneticFieldStrength": inputs.b0_t,
         "B0Direction": list(inputs.b0_dir),
         "VoxelSize_mm": list(inputs.voxel_size),
-        "Units": "ppm",
         "PhaseProcessing": {**info, **inputs.info, **args_like},
-        "Software": {"Name": "nextqsm", "Version": getattr(nextqsm, "__version__", "unknown")},
     }
 
 

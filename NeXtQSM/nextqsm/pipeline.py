@@ -168,6 +168,16 @@ def run(name: str, inp: QSMInput, progress: ProgressFn | None = None, **params) 
     return res
 
 
+def run_record(res: QSMResult) -> dict[str, Any]:
+    """JSON-able record of how ``res`` was produced (the common part of the output sidecars): method, its
+    parameters as run, device, timings (s), units, software version."""
+    import nextqsm
+
+    return {"Method": res.method, "MethodParameters": res.params, "Device": res.device,
+            "Timings_s": {k: round(float(v), 3) for k, v in res.timings.items()}, "Units": "ppm",
+            "Software": {"Name": "nextqsm", "Version": getattr(nextqsm, "__version__", "unknown")}}
+
+
 def report(progress: ProgressFn | None, frac: float, stage: str) -> None:
     """Call ``progress`` if given (fractions in [0, 1])."""
     if progress is not None:
