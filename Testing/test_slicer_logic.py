@@ -1,6 +1,8 @@
 """The Qt-free Slicer logic on slicer-core: phase + mask nodes in, chi nodes out (real worker subprocess)."""
 from __future__ import annotations
 
+import json
+
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -76,6 +78,8 @@ def test_chi_nodes_have_the_input_geometry(las_case):
         np.testing.assert_allclose(mrml.ijk_to_ras(node), mrml.ijk_to_ras(c["phase"]), atol=1e-9)
         assert node.GetImageData().GetDimensions() == c["phase"].GetImageData().GetDimensions()
         assert node.GetAttribute("NeXtQSM.method") == m and "_chi_" in node.GetName()
+        assert node.GetAttribute("NeXtQSM.device") == "cpu"
+        assert isinstance(json.loads(node.GetAttribute("NeXtQSM.parameters")), dict)   # the parameters as run
         assert node.GetDisplayNode().GetWindow() == pytest.approx(0.40)
     assert c["progress"][-1] == 1.0
     assert c["new_dirs"] == set()  # the job's temporary folder is gone after loading

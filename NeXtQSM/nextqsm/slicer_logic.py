@@ -14,6 +14,8 @@ worker succeeded, so a failure or a cancel leaves the scene unchanged.
 """
 from __future__ import annotations
 
+import json
+
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +327,9 @@ class QSMLogic:
                                                     f"{run.base_name}_chi_{lab}", scene=self.scene)
                 created.append(chi)
                 self._tag(chi, m, "chi", "ppm")
+                # how it was produced (the CLI's sidecar, as node attributes saved with the scene)
+                chi.SetAttribute(ATTR + "parameters", json.dumps(entry.get("params", {}), default=str, sort_keys=True))
+                chi.SetAttribute(ATTR + "device", str(entry.get("device", res.get("device", ""))))
                 mrml.set_window_level(chi)
                 out.chi[m] = chi
                 out.timings[m] = entry.get("timings", {})
