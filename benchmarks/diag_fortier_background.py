@@ -64,9 +64,11 @@ def load_head(path: Path = MODEL) -> tuple[np.ndarray, np.ndarray]:
 
 
 def block_mean(x: np.ndarray, f: int) -> np.ndarray:
+    """Mean over f x f x f blocks (the incomplete blocks at the far edges dropped)."""
+    from skimage.measure import block_reduce
+
     n = [s // f * f for s in x.shape]
-    x = x[: n[0], : n[1], : n[2]]
-    return x.reshape(n[0] // f, f, n[1] // f, f, n[2] // f, f).mean(axis=(1, 3, 5))
+    return block_reduce(x[: n[0], : n[1], : n[2]], (f, f, f), np.mean)
 
 
 def main(argv=None) -> int:
