@@ -1,7 +1,7 @@
 """Session 19 exploration (no rule, training maps 1-4 at 64^3): does shifting the crop (margin 8 / 12 / 16 voxels,
 i.e. the U-Net pooling grid moved against the anatomy) add to the 8 flips? Mean NRMSE 33.02 (8 flips) -> 32.96 /
 32.95 % with 2 / 3 shifts: no."""
-import sys, numpy as np, time
+import sys, numpy as np
 sys.path[:0]=['NeXtQSM','NeXtQSMTraining','benchmarks']
 from nextqsm.metrics import nrmse, xsim
 from nextqsm.pipeline import QSMInput, run
