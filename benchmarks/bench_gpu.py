@@ -53,7 +53,7 @@ def time_case(method: str, shape, repeats: int, **params) -> dict:
         secs.append(time.perf_counter() - t)
     return {"method": method, "shape": list(shape), "params": {k: str(v) for k, v in params.items() if k != "device"},
             "device": res.device, "seconds": round(statistics.median(secs), 3), "all_seconds": [round(s, 3) for s in secs],
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20), "flips": res.params.get("tta"),
             "timings": {k: round(float(v), 3) for k, v in res.timings.items()}}
 
 
@@ -70,7 +70,8 @@ def write_md(res: dict, path: Path) -> None:
             L.append(f"| {r.get('method')} | {r.get('weights', '')} | | {r.get('shape')} | error: {r['error'][:120]} | | |")
             continue
         t = ", ".join(f"{k} {v}" for k, v in r["timings"].items())
-        L.append(f"| {r['method']} | {r.get('weights', 'shipped')} | {r['params'].get('bfr', '')} | "
+        flips = f", {r['flips']} flips" if r.get("flips") else ""   # rows before session 19: 1 flip, not recorded
+        L.append(f"| {r['method']} | {r.get('weights', 'shipped')} | {r['params'].get('bfr', '')}{flips} | "
                  f"{'x'.join(map(str, r['shape']))} | {r['seconds']} | {r['peak_gpu_mb']} | {t} |")
     path.write_text("\n".join(L) + "\n")
 
