@@ -815,10 +815,8 @@ def blend_weights(a_dir: str | Path, b_dir: str | Path, alpha: float, out_dir: s
     if ea is None or eb is None:
         raise QSMInputError("weights", f"model {name!r} is missing from {a if ea is None else b}",
                             "pass two weights folders that both hold it")
-    arch_a = {k: v for k, v in ea["arch"].items() if k != "level"}
-    arch_b = {k: v for k, v in eb["arch"].items() if k != "level"}
     sa, sb = load_file(str(a / ea["file"])), load_file(str(b / eb["file"]))
-    if ea["class"] != eb["class"] or arch_a.get("unet") != arch_b.get("unet") or set(sa) != set(sb) \
+    if ea["class"] != eb["class"] or ea["arch"].get("unet") != eb["arch"].get("unet") or set(sa) != set(sb) \
             or any(sa[k].shape != sb[k].shape for k in sa):
         raise QSMInputError("weights", f"{a} and {b} hold different architectures of {name!r}",
                             "blend two trainings of one architecture")
