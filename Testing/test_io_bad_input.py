@@ -11,7 +11,7 @@ import pytest
 
 from nextqsm.cli import main
 from nextqsm.errors import QSMInputError
-from nextqsm.io import load_nifti, read_sidecar, save_nifti, with_suffix_tag
+from nextqsm.io import atomic_path, load_nifti, read_sidecar, save_nifti, with_suffix_tag, write_json_atomic
 
 AFF = np.diag([1.5, 1.5, 2.0, 1.0])
 
@@ -170,6 +170,38 @@ def test_atomic_save_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError):
         save_nifti(np.zeros((4, 4, 4), np.float32), np.eye(4), tmp_path / "x.nii.gz")
     assert os.listdir(tmp_path) == ["x.nii.gz"] and os.listdir(tmp_path / "x.nii.gz") == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_outputs_get_normal_permissions(tmp_path):
+    """Outputs are readable as a plain open() would make them (umask), not mkstemp's private 0o600; an
+    existing file keeps its mode when overwritten."""
+    old = os.umask(0o022)
+    try:
+        nii = save_nifti(np.zeros((4, 4, 4), np.float32), np.eye(4), tmp_path / "chi.nii.gz")
+        js = write_json_atomic(tmp_path / "chi.json", {"a": 1})
+        assert oct(nii.stat().st_mode & 0o777) == oct(0o644) and oct(js.stat().st_mode & 0o777) == oct(0o644)
+        os.umask(0o027)
+        assert save_nifti(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "b.nii.gz").stat().st_mode & 0o777 == 0o640
+        nii.chmod(0o600)
+        save_nifti(np.ones((4, 4, 4), np.float32), np.eye(4), nii)
+        assert nii.stat().st_mode & 0o777 == 0o600 and nib.load(str(nii)).get_fdata().max() == 1.0
+    finally:
+        os.umask(old)
+
+
+def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    target.write_text("previous")
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "previous" and os.listdir(tmp_path) == ["ckpt.pt"]
+    with atomic_path(target, suffix=".npz") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".npz") and tmp != target
+        np.savez(tmp, x=np.arange(3))
+    assert np.load(target)["x"].tolist() == [0, 1, 2] and os.listdir(tmp_path) == ["ckpt.pt"]
 
 
 def test_io_roundtrip_4d_and_sidecar(tmp_path):

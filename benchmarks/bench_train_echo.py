@@ -73,9 +73,9 @@ def main(argv=None) -> int:
         lines += [f"| {r['echo']} | {int(r['amp_cpu'])} | {r['steps']} | {r['batch']} | {r['workers']} | {r['sec_per_step']} | "
                   f"{r['wall_s']} |" for r in rows]
         out = Path(a.out)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, out)
+        from nextqsm.io import write_text_atomic
+
+        write_text_atomic(out, "\n".join(lines) + "\n")
     return 0
 
 

@@ -13,7 +13,6 @@ blurred chi. Writes ``benchmarks/results_diag_partial_volume.md``::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.5, 0.8, 1.2])
     ap.add_argument("--out", default=str(HERE / "results_diag_partial_volume.md"))
     a = ap.parse_args(argv)
+    from nextqsm.io import write_text_atomic
     from nextqsm.metrics import nrmse, xsim
     from nextqsm.pipeline import QSMInput, run
     from nextqsm_training.heads import realistic_head
@@ -69,9 +69,7 @@ def main(argv=None) -> int:
             L.append(f"| {name} | {s} | " + " | ".join(f"{nrmse(x, chi, m):.1f} / {xsim(x, chi, m):.3f}" for x in xs) + " |")
             print(L[-1], flush=True)
     out = Path(a.out)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(L) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(L) + "\n")
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ def main(argv=None) -> int:
     from bench_nextqsm import tilted_b0
     from diag_partial_volume import blurred_case
 
+    from nextqsm.io import write_text_atomic
     from nextqsm.metrics import nrmse, xsim
     from nextqsm.pipeline import QSMInput, run
     from nextqsm_training.heads import HELD_OUT, realistic_head
@@ -95,9 +95,7 @@ def main(argv=None) -> int:
               f"| {s['blur_nrmse']:.2f} / {s['blur_xsim']:.4f} |")
     if a.out:
         out = Path(a.out)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"argv": sys.argv[1:], "weights": ws, "results": res}, indent=1))
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps({"argv": sys.argv[1:], "weights": ws, "results": res}, indent=1))
     return 0
 
 

@@ -22,7 +22,7 @@ def comparison_figure(truth: np.ndarray | None, results: Mapping[str, np.ndarray
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import write_text_atomic  # noqa: F401  (atomic write below uses os.replace)
+    from .io import atomic_path
 
     idx = np.argwhere(mask)
     center = tuple(int(v) for v in (idx.min(0) + idx.max(0)) // 2) if idx.size else tuple(s // 2 for s in mask.shape)
@@ -53,9 +53,9 @@ def comparison_figure(truth: np.ndarray | None, results: Mapping[str, np.ndarray
     if truth is not None:
         fig.colorbar(ime, ax=axes[:, 3:], shrink=0.6, label="error [ppm]")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return path

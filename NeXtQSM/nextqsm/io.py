@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -108,6 +109,68 @@ def _raw_pixdim(path, img) -> tuple[float, ...]:
     return tuple(float(v) for v in img.header.get_zooms()[:3])
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS says it (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    if directory and os.name != "posix":
+        return                      # Windows cannot open a folder for fsync; the rename is still atomic
+    try:
+        fd = os.open(path, os.O_RDONLY if directory else os.O_RDWR)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass                        # e.g. a filesystem without fsync on folders
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "", durable: bool = True) -> Iterator[Path]:
+    """Yield a new temporary file next to ``path`` for any writer to fill (nibabel, numpy, torch, a figure).
+
+    When the block ends without error the file gets the permissions a plain ``open(path, "w")`` would give
+    (the existing file's, else 0o666 minus the umask: ``mkstemp``'s private 0o600 would hide outputs from
+    colleagues), is flushed to disk (``durable``: checkpoints and results survive a power cut; caches
+    pass False) and renamed onto ``path`` in one step. On any error the temporary file is removed and
+    ``path`` is left as it was. ``suffix``: how the temporary name ends, for writers that choose the
+    format by it (".nii.gz", ".npz", ".png").
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        if durable:
+            _fsync(tmp)
+        os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent, directory=True)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _nifti_suffix(path: Path) -> str:
     return ".nii.gz" if path.name.endswith(".nii.gz") else (path.suffix or ".nii.gz")
 
@@ -118,7 +181,6 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, he
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(data).astype(dtype, copy=False)
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), header=hdr)
@@ -130,31 +192,16 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, he
     img.header["scl_inter"] = np.nan
     if description:
         img.header["descrip"] = description[:79].encode()
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp" + _nifti_suffix(path), dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=_nifti_suffix(path)) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (temp file then rename)."""
+    """Write a text file atomically (:func:`atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

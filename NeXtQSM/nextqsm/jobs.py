@@ -31,6 +31,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .io import write_json_atomic
+
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
 
 
@@ -171,9 +173,7 @@ class Job:
         else:
             self.request.setdefault("out_dir", str(self.out_dir))
             req_path = self.work_dir / "request.json"
-            tmp = req_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.request, indent=2))
-            os.replace(tmp, req_path)
+            write_json_atomic(req_path, self.request)
             cmd = [self.python, "-m", "nextqsm.worker", str(req_path)]
         kwargs: dict[str, Any] = {}
         if os.name == "posix":

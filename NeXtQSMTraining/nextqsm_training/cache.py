@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from nextqsm.io import save_nifti, write_json_atomic
+from nextqsm.io import atomic_path, save_nifti, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_NAME = "nextqsm-hybrid-cache"
@@ -43,15 +42,8 @@ def pair_affine(voxel_size, size: int) -> np.ndarray:
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz", durable=False) as tmp:   # a cache: rebuilt if lost
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_shard(path: Path, pairs: list[dict]) -> None:

@@ -135,7 +135,7 @@ def mark_sulcal_csf(labels: np.ndarray, voxel_size: Sequence[float], radius_mm: 
     import torch
 
     from .external import dilate, erode
-    from .labels import SULCAL_CSF, Tissue, is_brain_label, tissue_of
+    from .labels import SULCAL_CSF, is_brain_label, tissue_of
 
     codes = np.nonzero(np.bincount(labels.ravel()))[0]
     brain_lut = np.array([is_brain_label(c) for c in range(codes.max() + 1)])
@@ -228,13 +228,10 @@ def _cached_volume(kind: str, key: str, stride: int) -> LabelVolume:
     idx, codes, vs, name = _prepare(kind, key)
     if cfile is not None:
         try:
-            import tempfile
+            from nextqsm.io import atomic_path
 
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix="." + cfile.name, suffix=".tmp.npz", dir=cfile.parent)
-            os.close(fd)
-            np.savez(tmp, idx=idx, codes=codes, voxel_size=np.array(vs), name=np.array(name))
-            os.replace(tmp, cfile)
+            with atomic_path(cfile, suffix=".npz", durable=False) as tmp:   # a cache: rebuilt if lost
+                np.savez(tmp, idx=idx, codes=codes, voxel_size=np.array(vs), name=np.array(name))
         except OSError:
             pass
     return LabelVolume(np.ascontiguousarray(idx), codes, vs, name)

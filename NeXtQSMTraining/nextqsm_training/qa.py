@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nextqsm.io import atomic_path
+
 
 def _cmap_labels(lab: np.ndarray) -> np.ndarray:
     """Stable random colours per label code (0 -> black)."""
@@ -74,9 +76,9 @@ def qa_sheet(pairs: list[dict], path: str | os.PathLike, title: str = "") -> Pat
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
     return path

@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nextqsm.dipole import forward_field
+from nextqsm.io import atomic_path
 from nextqsm.models.vn import ScaledUNet, VariationalNetwork
 
 from .config import Config, save_config
@@ -203,9 +204,8 @@ class CachedDataset:
             item = {k: (v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v), dtype=torch.float32))
                     for k, v in item.items() if k in KEYS + VN_KEYS + ("voxel_size", "b0_dir")}
             if p is not None:
-                tmp = p.with_suffix(".tmp")
-                torch.save(item, tmp)
-                os.replace(tmp, p)
+                with atomic_path(p, durable=False) as tmp:   # a cache: rebuilt if lost
+                    torch.save(item, tmp)
         if len(self.mem) < self.mem_items:
             self.mem[i] = item
         return item
@@ -532,9 +532,9 @@ def set_rng_state(s: dict) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through :func:`nextqsm.io.atomic_path` (flushed to disk, then renamed)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -756,12 +756,10 @@ def _append_csv(path: Path, row: dict) -> None:
     if header:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=header + [k for k in row if k not in header], restval="")
         w.writeheader()
         w.writerows([*rows, row])
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- average

@@ -36,7 +36,7 @@ class _Conv3dFastGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        pad, k = ctx.pad, w.shape[-1]
+        pad = ctx.pad
         gx = gw = None
         if ctx.needs_input_grad[0]:
             gx = torch.nn.grad.conv3d_input(x.shape, w, g, padding=pad)

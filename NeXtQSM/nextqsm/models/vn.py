@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..dipole import dipole_kernel_torch, forward_field_torch, padded_shape
+from ..dipole import dipole_kernel_torch, padded_shape
 from .unet import UNet3D, tiled_apply
 
 Vec3s = torch.Tensor | Sequence[float] | Sequence[Sequence[float]]

@@ -67,15 +67,13 @@ def save_model(model, name: str, weights_dir: str | os.PathLike | None = None, t
     """Write ``<name>.safetensors`` (atomically) and its manifest entry; returns the entry."""
     from safetensors.torch import save_file
 
-    from ..io import write_json_atomic
+    from ..io import atomic_path, write_json_atomic
 
     d = Path(weights_dir or WEIGHTS_DIR)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.safetensors"
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"name": name})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"name": name})
     cls_name, arch = model_class_and_arch(model)
     entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "class": cls_name,
              "arch": arch, "parameters": int(sum(v.numel() for v in state.values())),
