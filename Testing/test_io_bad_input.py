@@ -78,6 +78,13 @@ def test_sidecar_records_how_nextqsm_ran(good, capsys):
     assert meta["MethodParameters"]["tta"] == load_manifest()["defaults"]["tta"]["cpu"]
     assert meta["MethodParameters"]["bfr"] == "lbv" and meta["Device"] == "cpu"
     assert meta["Weights"] == {"nextqsm-bfr": shipped["nextqsm-bfr"]["sha256"], "nextqsm-vn": shipped["nextqsm-vn"]["sha256"]}
+    # a local field in: the local field is the input, so no copy of it is written next to chi
+    out = tmp / "l" / "chi.nii.gz"
+    code = main([str(tmp / "f.nii.gz"), str(tmp / "m.nii.gz"), str(out), "--method", "nextqsm", "--input", "local",
+                 "--param", "tta=1", "--param", "refine=false", "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(os.listdir(out.parent)) == ["chi.json", "chi.nii.gz"]
+    assert json.loads((out.parent / "chi.json").read_text())["InputKind"] == "local"
 
 
 def test_nan(good, capsys):

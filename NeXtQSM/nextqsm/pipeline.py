@@ -52,7 +52,8 @@ class QSMInput:
 
 @dataclass
 class QSMResult:
-    """Output record: chi [ppm] (3D float32, zero outside mask), local field [ppm] when computed."""
+    """Output record: chi [ppm] (3D float32, zero outside mask), local field [ppm] when computed (None from
+    :func:`run` for a local-field input, which is the local field)."""
 
     chi: np.ndarray
     method: str
@@ -161,7 +162,9 @@ def run(name: str, inp: QSMInput, progress: ProgressFn | None = None, **params) 
     res = fn(inp, progress=progress, **params)
     res.timings.setdefault("total", time.perf_counter() - t0)
     res.chi = np.where(res.mask, res.chi, 0).astype(np.float32)
-    if res.local_field is not None:
+    if inp.kind == "local":
+        res.local_field = None      # the input itself: no copy written next to chi, no duplicate node in Slicer
+    elif res.local_field is not None:
         res.local_field = np.where(res.mask, res.local_field, 0).astype(np.float32)
     res.method = name
     apply_reference(res, reference)
