@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(HERE / "results_challenge_roi.md"))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help="names of METHODS to run")
+    ap.add_argument("--weights-dir", default=None, help="weights folder for nextqsm and unet-baseline (default: shipped)")
     a = ap.parse_args(argv)
     sys.path[:0] = [str(REPO / "NeXtQSM"), str(REPO / "NeXtQSMTraining")]
     import torch
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
     res: dict = {"labels": {lab: names.get(lab, "") for lab in labels}, "methods": {}}
     for name in a.methods:
         method, kw = METHODS[name]
+        if a.weights_dir and method in ("nextqsm", "unet-baseline"):
+            kw = {**kw, "weights_dir": a.weights_dir}
         t = time.perf_counter()
         out = run(method, inp, **kw)
         chi = referenced(out.chi, mask)
@@ -93,7 +96,8 @@ def main(argv=None) -> int:
     res["roi_means_ppb"] = {k: [round(1e3 * float(v), 1) for v in m] for k, m in means.items()}
 
     L = ["# 2016 QSM challenge: deep grey-matter ROI means", "",
-         f"`python benchmarks/bench_challenge_roi.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, shipped weights, "
+         f"`python benchmarks/bench_challenge_roi.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
+         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, weights {a.weights_dir or 'shipped'}, "
          "CPU, 2 threads; the challenge's local field `phs_tissue` in, `msk` as mask; every map referenced to its own "
          "mean in `msk`). ROIs: the challenge's `evaluation_mask` (names inferred, PROVENANCE.md).", "",
          "## Agreement of ROI means with COSMOS (and chi_33)", "",

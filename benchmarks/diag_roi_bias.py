@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
     L = ["# ROI-mean bias on simulated heads (training maps; local field in)", "",
          f"`python benchmarks/diag_roi_bias.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
-         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, shipped weights, CPU, 2 threads). Truth ROI means (ppb, "
+         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, weights {a.weights_dir or 'shipped'}, CPU, 2 threads). Truth ROI means (ppb, "
          + "; ".join(f"map {i}: " + " / ".join(f"{v:.0f}" for v in res[i]['truth_ppb'].values()) for i in a.maps)
          + f") in the order {' / '.join(ROIS)}.", "",
          "| map | method | slope | intercept ppb | MAE DGM ppb | NRMSE % | ROI means ppb |", "|---|---|---|---|---|---|---|", *rows]

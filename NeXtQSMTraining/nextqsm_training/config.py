@@ -93,6 +93,8 @@ class TrainConfig:
     xsim_weight: float = 0.0    # > 0: add xsim_weight * (1 - XSIM) (differentiable, train.xsim_loss) to the chi loss
     mean_weight: float = 0.0    # > 0: add mean_weight * |mean(chi_hat - chi)| over the mask (ppm, train.mean_offset):
     #   the demeaned L1 leaves chi's global level free and a pointwise L1 (a conditional median) biases it on noisy input
+    regional_weight: float = 0.0  # > 0: add regional_weight * train.regional_bias (mean |box mean of the demeaned
+    regional_size: int = 7        #   error|, box regional_size^3 voxels): region-scale bias such as shrunken nuclei contrast
     device: str = "auto"
     train_bfr: bool = True      # False: the background U-Net stays as initialised (VN-only fine-tuning)
     init_from: str | None = None  # checkpoint whose model weights start a fresh run (ignored on --resume)
