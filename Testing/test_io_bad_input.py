@@ -77,14 +77,22 @@ def test_sidecar_records_how_nextqsm_ran(good, capsys):
     assert meta["Method"] == "nextqsm" and meta["InputKind"] == "total" and meta["VoxelSize_mm"] == [1.5, 1.5, 2.0]
     assert meta["MethodParameters"]["tta"] == load_manifest()["defaults"]["tta"]["cpu"]
     assert meta["MethodParameters"]["bfr"] == "lbv" and meta["Device"] == "cpu"
-    assert meta["Weights"] == {"nextqsm-bfr": shipped["nextqsm-bfr"]["sha256"], "nextqsm-vn": shipped["nextqsm-vn"]["sha256"]}
+    assert meta["Weights"] == {"nextqsm-vn": shipped["nextqsm-vn"]["sha256"]}   # LBV removed the background: no U-Net
     # a local field in: the local field is the input, so no copy of it is written next to chi
     out = tmp / "l" / "chi.nii.gz"
     code = main([str(tmp / "f.nii.gz"), str(tmp / "m.nii.gz"), str(out), "--method", "nextqsm", "--input", "local",
                  "--param", "tta=1", "--param", "refine=false", "--device", "cpu", "--quiet"])
     assert code == 0, capsys.readouterr().err
     assert sorted(os.listdir(out.parent)) == ["chi.json", "chi.nii.gz"]
-    assert json.loads((out.parent / "chi.json").read_text())["InputKind"] == "local"
+    meta = json.loads((out.parent / "chi.json").read_text())
+    assert meta["InputKind"] == "local" and list(meta["Weights"]) == ["nextqsm-vn"]
+    # the paper's pipeline: the background U-Net runs, and its checksum is recorded
+    out = tmp / "u" / "chi.nii.gz"
+    code = main([str(tmp / "f.nii.gz"), str(tmp / "m.nii.gz"), str(out), "--method", "nextqsm", "--param", "bfr=unet",
+                 "--param", "tta=1", "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out.parent / "chi.json").read_text())["Weights"] == {
+        "nextqsm-bfr": shipped["nextqsm-bfr"]["sha256"], "nextqsm-vn": shipped["nextqsm-vn"]["sha256"]}
 
 
 def test_nan(good, capsys):

@@ -305,7 +305,9 @@ def _run(inp: QSMInput, names: tuple[Optional[str], str], progress, weights_dir,
             t["inversion"] = time.perf_counter() - ts
         return chi[0, 0].float().cpu().numpy(), lf[0, 0].float().cpu().numpy(), t
 
-    params = {"margin": margin, "pad": pad, "tile": tile, "crop_shape": list(field.shape), "weights": [bfr_name, inv_name],
+    used = [bfr_name] if bfr_net is not None else []   # networks this run loaded: no background U-Net after
+    #                                                    V-SHARP / LBV or for a local field
+    params = {"margin": margin, "pad": pad, "tile": tile, "crop_shape": list(field.shape), "weights": used + [inv_name],
               "bfr": bfr if inp.kind == "total" else None, "tta": int(tta)}
     if isinstance(inv, VariationalNetwork):
         params["dc_mu"] = inv.dc_mu
