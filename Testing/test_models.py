@@ -662,3 +662,16 @@ def test_bfloat16_convolutions_stay_close_to_float32():
     assert y.dtype == torch.float32 and not torch.equal(y, net(x))
     with pytest.raises(QSMInputError, match="precision"):
         run("nextqsm", QSMInput(field=lf, mask=mask, kind="total"), precision="half")
+
+
+def test_weights_in_the_repository_stay_within_50_mb():
+    """Issue 5: shipped weights and kept candidates together <= 50 MB, and every candidate folder loads with its
+    checksum verified (a VN-only manifest, usable as ``--param weights_dir=...``)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [*repo.glob("NeXtQSM/nextqsm/models/weights/*.safetensors"),
+             *repo.glob("NeXtQSMTraining/nextqsm_training/candidates/*/*.safetensors")]
+    assert files and sum(f.stat().st_size for f in files) <= 50e6
+    for d in sorted(repo.glob("NeXtQSMTraining/nextqsm_training/candidates/*/")):
+        assert isinstance(load_model("nextqsm-vn", d), VariationalNetwork), d
