@@ -10,7 +10,7 @@ All L1 losses are mean absolute errors in ppm inside the mask (demeaned when
 Optional terms on chi: ``train.xsim_weight`` x (1 - XSIM), ``train.mean_weight`` x |mean(chi_hat - chi)|
 (the global level, which the demeaned L1 leaves free) and ``train.regional_weight`` x the region-scale bias
 (:func:`regional_bias`: mean |local box mean of the demeaned error|, against the contrast shrinkage of deep grey
-nuclei that benchmarks/results_challenge_roi.md measured on real data).
+nuclei that benchmarks/results_challenge_roi_s19.md measured on real data).
 
 Optimiser: Adam (lr 4e-4, betas 0.9/0.999) with linear warm-up and cosine decay over the
 configured total steps; the VN step sizes (``vn.rho``, lambda = softplus(rho)) use
