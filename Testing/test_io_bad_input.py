@@ -283,3 +283,12 @@ def test_reference_in_the_python_api():
         run("tkd", inp, reference=np.ones((3, 3, 3), bool))
     with pytest.raises(QSMInputError, match="unknown reference"):
         run("tkd", inp, reference="csf")
+
+
+def test_sidecar_read_as_utf8(tmp_path):
+    """BIDS JSON is UTF-8 whatever the platform's locale: a sidecar with non-ASCII text reads back."""
+    p = tmp_path / "sub-01_part-phase_MEGRE.nii.gz"
+    _write(p, np.zeros((4, 4, 4), np.float32))
+    (tmp_path / "sub-01_part-phase_MEGRE.json").write_bytes(
+        json.dumps({"EchoTime": 0.02, "InstitutionName": "Universität Zürich"}, ensure_ascii=False).encode("utf-8"))
+    assert read_sidecar(p)["InstitutionName"] == "Universität Zürich"

@@ -96,7 +96,7 @@ def is_done(run: BidsRun, out_root: Path, method: str) -> bool:
     if not (paths["json"].exists() and paths["chi"].exists()):
         return False
     try:
-        return json.loads(paths["json"].read_text()).get("Method") == method
+        return json.loads(paths["json"].read_text(encoding="utf-8")).get("Method") == method
     except (OSError, ValueError):
         return False
 

@@ -50,7 +50,7 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if not sp.exists():
         return {}
     try:
-        return json.loads(sp.read_text())
+        return json.loads(sp.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise QSMInputError(str(sp), f"the JSON sidecar cannot be parsed ({exc})",
                             "fix or remove the sidecar file") from exc
@@ -201,7 +201,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically (:func:`atomic_path`)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

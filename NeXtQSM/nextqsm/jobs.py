@@ -246,7 +246,7 @@ class Job:
             self.state, self.progress, self.result = SUCCEEDED, 1.0, {}
         elif rc == 0 and result_path.exists():
             try:
-                self.result = json.loads(result_path.read_text())
+                self.result = json.loads(result_path.read_text(encoding="utf-8"))
                 self.state = SUCCEEDED
                 self.progress = 1.0
             except ValueError as exc:

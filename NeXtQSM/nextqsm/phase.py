@@ -69,7 +69,7 @@ def read_params_json(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     try:
-        obj = json.loads(p.read_text())
+        obj = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise QSMInputError(str(p), f"cannot be read as JSON ({exc})", "pass a valid params.json") from exc
     if not isinstance(obj, dict):

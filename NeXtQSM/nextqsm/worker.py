@@ -303,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     progress = line_progress()
     try:
-        req = json.loads(Path(argv[0]).read_text())
+        req = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
         run_request(req, progress)
     except QSMInputError as exc:
         print("ERROR " + json.dumps({"input": exc.input_name, "problem": exc.problem, "fix": exc.fix}), flush=True)
