@@ -20,6 +20,8 @@ def test_demo_writes_outputs(tmp_path):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())["metrics"]["tkd"]
     assert 0 < m["nrmse"] < 150 and m["localfield_nrmse"] < 100
+    # the calcification's metrics: in the table, NaN here (at 3.5 mm the 2.5 mm-radius sphere covers no voxel centre)
+    assert "calc_moment" in (out / "metrics.md").read_text() and np.isnan(m["calc_moment"])
     chi = nib.load(str(out / "chi_tkd.nii.gz"))
     assert chi.shape == (64, 64, 56) and np.allclose(chi.header.get_zooms(), 3.5)
 

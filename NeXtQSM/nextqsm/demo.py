@@ -17,7 +17,8 @@ from .errors import QSMInputError
 
 DEMO_SHAPE = (112, 112, 96)  # 224 x 224 x 192 mm: the whole head at 2 mm, fast enough for 2 CPU cores
 DEMO_VOXEL = (2.0, 2.0, 2.0)
-METRIC_COLUMNS = ("nrmse", "nrmse_detrend", "hfen", "xsim", "correlation", "nrmse_dgm", "dgm_slope_error")
+METRIC_COLUMNS = ("nrmse", "nrmse_detrend", "hfen", "xsim", "correlation", "nrmse_dgm", "dgm_slope_error",
+                  "calc_contrast", "calc_moment")
 
 
 def run_demo(out: str | Path = "nextqsm_demo", methods: list[str] | None = None, seed: int = 0,
@@ -25,7 +26,7 @@ def run_demo(out: str | Path = "nextqsm_demo", methods: list[str] | None = None,
              quiet: bool = False) -> dict:
     """Run the demo; returns {method: metrics}. Outputs go to ``out``."""
     from .io import save_nifti, write_json_atomic, write_text_atomic
-    from .metrics import challenge_metrics
+    from .metrics import challenge_metrics, source_metrics
     from .phantom import make_phantom
     from .pipeline import QSMInput, available_methods, run
     from .progress import TqdmProgress
@@ -63,6 +64,10 @@ def run_demo(out: str | Path = "nextqsm_demo", methods: list[str] | None = None,
             save_nifti(res.local_field, ph.affine, out / f"localfield_{name}.nii.gz")
         # score inside the mask the method used (V-SHARP erodes) and the full mask
         m = challenge_metrics(res.chi, ph.chi, res.mask, ph.seg)
+        m["calc_contrast"] = m["calc_moment"] = float("nan")    # the calcification (label 16), if the grid has it
+        if (ph.seg == 16).any():
+            src = source_metrics(res.chi, ph.chi, ph.seg, res.mask)
+            m["calc_contrast"], m["calc_moment"] = src["contrast"], src["moment"]
         m["seconds"] = res.timings.get("total", float("nan"))
         m["device"] = res.device
         m["mask_voxels"] = int(res.mask.sum())
@@ -76,13 +81,16 @@ def run_demo(out: str | Path = "nextqsm_demo", methods: list[str] | None = None,
              "|---" * (len(METRIC_COLUMNS) + 3) + "|"]
     for name, m in metrics.items():
         vals = " | ".join(f"{m.get(c, float('nan')):.3f}" if "xsim" in c or "corr" in c or "slope" in c
-                          else f"{m.get(c, float('nan')):.1f}" for c in METRIC_COLUMNS)
+                          else f"{m.get(c, float('nan')):.2f}" if c.startswith("calc") else
+                          f"{m.get(c, float('nan')):.1f}" for c in METRIC_COLUMNS)
         lines.append(f"| {name} | {vals} | {m.get('localfield_nrmse', float('nan')):.1f} | {m['seconds']:.1f} |")
     for name, f in failures.items():
         lines.append(f"| {name} | failed: {f} |")
     md = ("# NeXtQSM demo: simulated head, total field in\n\n"
           f"Phantom: {shape} voxels of {voxel_size} mm, seed {seed}; NRMSE etc. in %, chi in ppm "
-          "(QSM challenge 2.0 definitions; scored inside each method's mask).\n\n" + "\n".join(lines) + "\n")
+          "(QSM challenge 2.0 definitions; scored inside each method's mask; calc_contrast / calc_moment: the "
+          "calcification's contrast against its surroundings and the fraction of its magnetic moment kept, "
+          "`nextqsm.metrics.source_metrics`, 1 = exact).\n\n" + "\n".join(lines) + "\n")
     write_text_atomic(out / "metrics.md", md)
     comparison_figure(ph.chi, chis, ph.mask, out / "comparison.png", metrics=metrics)
     if not quiet:
