@@ -60,8 +60,8 @@ def main(argv=None) -> int:
                 r = run(method, inp, **kw)
                 f = source_metrics(r.chi, ph.chi, ph.seg, r.mask)
                 res.setdefault(m, []).append({"voxel_mm": vox, "seed": seed, **f})
-                rows.append(f"| {vox} | {seed} | {m} | {f['core_voxels']} | {f['mean']:+.3f} | {f['contrast']:.2f} | {f['moment']:.2f} | "
-                            f"{f['streak']:.3f} |")
+                rows.append(f"| {vox} | {seed} | {m} | {f['core_voxels']} | {f['mean']:+.3f} | {f['contrast']:.2f} | "
+                            f"{f['moment']:.2f} | {f['streak']:.3f} |")
                 print(rows[-1], flush=True)
     summ = ["| method | mean chi in the core, ppm (truth -0.40) | contrast | moment | streak SD, ppm |",
             "|---|---|---|---|---|"]
@@ -70,14 +70,14 @@ def main(argv=None) -> int:
         return f"{np.mean([x[k] for x in lst]):.2f} ({min(x[k] for x in lst):.2f} to {max(x[k] for x in lst):.2f})"
 
     for m, lst in res.items():
-        summ.append(f"| {m} | {np.mean([x['mean'] for x in lst]):+.3f} | {rng(lst, 'contrast')} | {rng(lst, 'moment')} | "
-                    f"{np.mean([x['streak'] for x in lst]):.3f} |")
+        summ.append(f"| {m} | {np.mean([x['mean'] for x in lst]):+.3f} | {rng(lst, 'contrast')} | "
+                    f"{rng(lst, 'moment')} | {np.mean([x['streak'] for x in lst]):.3f} |")
     cmd = "python benchmarks/diag_focal.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = (f"# Small strong sources: the demo phantom's calcification\n\nCommand: `{cmd.strip()}`  \n"
           f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPU, 2 threads, each method's defaults, "
           "total field in (definitions in the script's docstring).\n\nMean over the phantoms below:\n\n"
-          + "\n".join(summ) + "\n\n| voxel mm | seed | method | core voxels | mean chi ppm | contrast | moment | streak SD ppm |\n"
-          "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+          + "\n".join(summ) + "\n\n| voxel mm | seed | method | core voxels | mean chi ppm | contrast | moment | "
+          "streak SD ppm |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     write_text_atomic(a.out, md)
     write_json_atomic(Path(a.out).with_suffix(".json"), res)
     print("\n".join(summ))

@@ -17,8 +17,8 @@ Segmentation labels (for the region metrics) follow the challenge-2.0/QSM-CI hea
   inside it), yet XSIM's luminance term (C1 = 1e-4 ppm^2) reacts to offsets of ~0.01 ppm, so
   raw XSIM partly scores the arbitrary reference of each map.
 * correlation: Pearson r in the mask.
-* source_metrics (not a challenge metric): a small strong source's mean, recovered magnetic
-  moment and surrounding streaking (label 16, the calcification, by default).
+* source_metrics (not a challenge metric): a small strong source's mean, contrast against its
+  surroundings, magnetic moment kept and surrounding streaking (label 16, the calcification).
 """
 from __future__ import annotations
 
@@ -176,6 +176,7 @@ def source_metrics(x: np.ndarray, ref: np.ndarray, seg: np.ndarray, mask: np.nda
     err_moment = float((e[near] - np.median(e[shell])).sum())
     in_core = core & mask
     return {"mean": float(x[in_core].mean()), "truth_mean": float(ref[core].mean()),
-            "contrast": float((x[in_core].mean() - np.median(x[shell])) / (ref[core].mean() - np.median(ref[shell]))),
+            "contrast": float((x[in_core].mean() - np.median(x[shell]))
+                              / (ref[core].mean() - np.median(ref[shell]))),
             "moment": (true_moment + err_moment) / true_moment, "streak": float(e[shell].std()),
             "core_voxels": int(core.sum())}
