@@ -647,3 +647,35 @@ def test_regional_weight_is_trained_and_logged(tmp_path):
 
     rows = list(csv.DictReader(open(tmp_path / "r" / "train.csv")))
     assert rows and all(0.0 < float(r["loss_regional"]) < 1.0 for r in rows)
+
+
+def test_focal_error_term():
+    """train.focal_error: a small strong source shrunk to half costs far more than the same pointwise L1 spread as
+    noise over the volume; a global offset and voxels outside the mask cost nothing; no source, no cost."""
+    from nextqsm_training.train import focal_error, l1
+
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(1, 1, 24, 24, 24, generator=g) * 0.02
+    m = torch.zeros_like(b)
+    m[:, :, 2:22, 2:22, 2:22] = 1.0
+    src = torch.zeros_like(b)
+    src[:, :, 11:13, 11:13, 11:13] = 1.0
+    b = b - 0.8 * src                                                                   # a calcification, -0.8 ppm
+    shrunk = b + 0.4 * src
+    noise = torch.randn(b.shape, generator=g).sign() * m
+    noise = noise * float(l1(shrunk, b, m)) / float(l1(b + noise, b, m))
+    assert abs(float(l1(b + noise, b, m)) - float(l1(shrunk, b, m))) < 1e-4           # same pointwise L1
+    assert float(focal_error(shrunk, b, m)) > 10 * float(focal_error(b + noise, b, m))
+    assert float(focal_error(shrunk, b, m)) == pytest.approx(0.4 * 8 / 64, rel=0.05)  # 8 core voxels of 64 near ones
+    assert float(focal_error(b + 0.03 * m + 7.0 * (1 - m), b, m)) < 1e-6
+    assert float(focal_error(b + noise, b + 0.8 * src, m)) == 0.0                      # no strong source: no term
+
+
+def test_focal_weight_is_trained_and_logged(tmp_path):
+    cfg = tiny_config(tmp_path / "f", phase1_steps=2, phase2_steps=0, train_bfr=False, train_baseline=False,
+                      focal_weight=0.5)
+    fit(cfg)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "f" / "train.csv")))
+    assert rows and all(float(r["loss_focal"]) >= 0.0 for r in rows) and "loss_focal" in rows[0]

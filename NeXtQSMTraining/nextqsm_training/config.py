@@ -95,6 +95,8 @@ class TrainConfig:
     #   the demeaned L1 leaves chi's global level free and a pointwise L1 (a conditional median) biases it on noisy input
     regional_weight: float = 0.0  # > 0: add regional_weight * train.regional_bias (mean |box mean of the demeaned
     regional_size: int = 7        #   error|, box regional_size^3 voxels): region-scale bias such as shrunken nuclei contrast
+    focal_weight: float = 0.0     # > 0: add focal_weight * train.focal_error (|error| around small strong sources: voxels
+    focal_threshold: float = 0.3  #   > focal_threshold ppm from their 5^3 box mean, dilated by 1; microbleeds, calcifications)
     device: str = "auto"
     train_bfr: bool = True      # False: the background U-Net stays as initialised (VN-only fine-tuning)
     init_from: str | None = None  # checkpoint whose model weights start a fresh run (ignored on --resume)
