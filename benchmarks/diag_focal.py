@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--nextqsm-variants", nargs="*", default=["refine=true", "dc_mu=0.1"], metavar="KEY=VALUE",
                     help="extra NeXtQSM rows, each with one parameter changed from the defaults")
+    ap.add_argument("--weights-dir", default=None, help="NeXtQSM weights folder (default: the shipped one)")
     ap.add_argument("--out", default=str(HERE / "results_focal.md"))
     a = ap.parse_args(argv)
     import numpy as np
@@ -51,11 +52,12 @@ def main(argv=None) -> int:
             ph = make_phantom(shape=shape, voxel_size=(vox,) * 3, seed=seed)
             inp = QSMInput(field=ph.total_field, mask=ph.mask, voxel_size=ph.voxel_size, b0_dir=ph.b0_dir,
                            kind="total", magnitude=ph.magnitude)
-            runs = [(m, m, {}) for m in a.methods]
+            wd = {"weights_dir": a.weights_dir} if a.weights_dir else {}
+            runs = [(m, m, wd if m == "nextqsm" else {}) for m in a.methods]
             if "nextqsm" in a.methods:
                 for v in a.nextqsm_variants:
                     k, val = v.split("=", 1)
-                    runs.append((f"nextqsm {v}", "nextqsm", {k: json.loads(val)}))
+                    runs.append((f"nextqsm {v}", "nextqsm", {**wd, k: json.loads(val)}))
             for m, method, kw in runs:
                 r = run(method, inp, **kw)
                 f = source_metrics(r.chi, ph.chi, ph.seg, r.mask)
