@@ -383,12 +383,19 @@ def _batches(ds, start: int, end: int, rank: int, world: int, tc, seed: int, aug
 
 
 # ----------------------------------------------------------------------------------------- model
-def l1(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, demean: bool = True) -> torch.Tensor:
-    """Mean |a - b| inside mask ``m`` (B, 1, ...), optionally after removing each sample's mean in the mask."""
+def masked_error(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, demean: bool = True):
+    """(d, n): the error ``(a - b)`` inside mask ``m`` (B, 1, ...), optionally minus each sample's mean error in the
+    mask, and the mask's voxel count per sample (B, 1, 1, 1, 1), at least 1."""
     n = m.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1.0)
     d = (a - b) * m
     if demean:
         d = (d - d.sum(dim=(1, 2, 3, 4), keepdim=True) / n) * m
+    return d, n
+
+
+def l1(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, demean: bool = True) -> torch.Tensor:
+    """Mean |a - b| inside mask ``m`` (B, 1, ...), optionally after removing each sample's mean in the mask."""
+    d, n = masked_error(a, b, m, demean)
     return (d.abs().sum(dim=(1, 2, 3, 4)) / n.flatten()).mean()
 
 
@@ -421,9 +428,7 @@ def regional_bias(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, size: int =
     voxels in a ``size``^3 box after removing each sample's mean error: a region-scale bias (a whole nucleus too low,
     the contrast shrinkage that a pointwise L1 under noisy input rewards) that voxel noise averages out of."""
     a, b, m = a.float(), b.float(), m.float()
-    n = m.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1.0)
-    d = (a - b) * m
-    d = (d - d.sum(dim=(1, 2, 3, 4), keepdim=True) / n) * m
+    d, n = masked_error(a, b, m)
     pool = lambda v: F.avg_pool3d(v, size, stride=1, padding=size // 2, count_include_pad=False)  # noqa: E731
     local = pool(d) / pool(m).clamp_min(1e-6)
     return ((local.abs() * m).sum(dim=(1, 2, 3, 4)) / n.flatten()).mean()
@@ -436,9 +441,7 @@ def focal_error(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor, threshold: fl
     contribute 0. A whole-volume L1 gives a 10-voxel source no weight; the VN shrinks such sources on real-like input
     (benchmarks/results_focal.md)."""
     a, b, m = a.float(), b.float(), m.float()
-    n = m.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1.0)
-    d = (a - b) * m
-    d = (d - d.sum(dim=(1, 2, 3, 4), keepdim=True) / n) * m
+    d, _ = masked_error(a, b, m)
     box = F.avg_pool3d(b * m, 5, stride=1, padding=2, count_include_pad=False) / \
         F.avg_pool3d(m, 5, stride=1, padding=2, count_include_pad=False).clamp_min(1e-6)
     core = (((b - box).abs() > threshold).float() * m)
