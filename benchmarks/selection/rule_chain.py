@@ -162,16 +162,28 @@ class Chain:
                      f"default {default}, VN + dc {vndc}, default's deep grey ROI MAE {roi['mae_dgm_ppb']:.1f} ppb "
                      f"(slope {roi['slope']:.3f})")
 
-    def heldout(self) -> None:
-        """(d) held-out heads 13-16 at 64^3 along z (with the noise draws of (e)) and tilted 25 degrees."""
+    def guards(self) -> tuple[list[tuple[float, float]], list[float]]:
+        """``guard_level.py``: held-out heads 13-16 at 64^3 along z, clean (NRMSE %, XSIM) and with the noise draws
+        (NRMSE %); also kept as ``self.nr``, ``self.xs``, ``self.noisy`` for (e)."""
         g = self.sh(f"{PY} benchmarks/guard_level.py Q={self.q}", f"{self.tag}_guards.log")
-        clean = [tuple(map(float, m)) for m in re.findall(r"Q: NRMSE ([\d.]+) XSIM ([\d.]+)", g)]
+        clean = [tuple(map(float, m)) for m in re.findall(r"Q: NRMSE ([\d.]+) XSIM ([\d.]+)", g)][:4]
         self.noisy = [float(m) for m in re.findall(r"Q \+ noise: NRMSE ([\d.]+)", g)]
-        nr, xs = self.nr, self.xs = [c[0] for c in clean[:4]], [c[1] for c in clean[:4]]
+        self.nr, self.xs = [c[0] for c in clean], [c[1] for c in clean]
+        return clean, self.noisy
+
+    def tilted(self) -> list[str]:
+        """``bench_nextqsm.py`` on held-out heads 13-16 at 64^3 with B0 tilted 25 degrees: per head the table cell
+        'NRMSE / XSIM / ...'."""
         self.sh(f"{PY} benchmarks/bench_nextqsm.py --only heads --size 64 --heads 13 14 15 16 --b0-tilt 25 --noise-var 0 "
                 f"--methods nextqsm --weights-dir {self.q} --out {self.out('tilt.md')}", f"{self.tag}_tilt.log")
-        txs = [float(l.split("|")[3].split("/")[1]) for l in self.out("tilt.md").read_text().splitlines()
-               if re.match(r"^\| 1[3-6] \|", l)]
+        return [l.split("|")[3].strip() for l in self.out("tilt.md").read_text().splitlines()
+                if re.match(r"^\| 1[3-6] \|", l)]
+
+    def heldout(self) -> None:
+        """(d) held-out heads 13-16 at 64^3 along z (with the noise draws of (e)) and tilted 25 degrees."""
+        self.guards()
+        nr, xs = self.nr, self.xs
+        txs = [float(c.split("/")[1]) for c in self.tilted()]
         ok = all(n <= 45 and x >= 0.60 and n < r for n, x, r in zip(nr, xs, REFS)) and sum(xs) / 4 >= self.ref["xsim_mean"] - 0.01 \
             and all(x >= 0.60 for x in txs)
         self.verdict("d", ok, f"NRMSE {nr}, XSIM {xs} (mean {sum(xs) / 4:.4f}), tilted XSIM {txs}")

@@ -1,7 +1,6 @@
 """Session 21 exploration (no rule): Bf = 0.5 x the shipped VN + 0.5 x candidates/vn_focal (weight blend, levels by
 rule 28's convention), read on rule 38's failed condition (held-out heads at 64^3 with B0 tilted 25 degrees) and on
 the calcification benchmark, to inform the next session's rule."""
-import re
 import sys
 from pathlib import Path
 
@@ -15,10 +14,7 @@ def main():
     c = Chain(0, RUN, RUN / "Bf", "xb", ref=B36)
     c.build_blend(Path("NeXtQSMTraining/nextqsm_training/candidates/vn_focal"), 0.5)
     c.calibrate()
-    c.sh(f"{PY} benchmarks/bench_nextqsm.py --only heads --size 64 --heads 13 14 15 16 --b0-tilt 25 --noise-var 0 "
-         f"--methods nextqsm --weights-dir {c.q} --out {c.out('tilt.md')}", "xb_tilt.log")
-    print([l.split("|")[3].strip() for l in c.out("tilt.md").read_text().splitlines() if re.match(r"^\| 1[3-6] \|", l)],
-          flush=True)
+    print(c.tilted(), flush=True)
     out = c.sh(f"{PY} benchmarks/diag_focal.py --weights-dir {c.q} --nextqsm-variants --out {c.out('focal.md')}",
                "xb_focal.log")
     print([l for l in out.splitlines() if l.startswith("| nextqsm |")][-1], flush=True)

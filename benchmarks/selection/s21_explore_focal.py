@@ -25,11 +25,9 @@ def main():
     c.sh(f"{PY} benchmarks/diag_challenge.py --weights-dir {c.q} --out {c.out('chal.md')}", "xf_chal.log")
     print([l for l in c.out("chal.md").read_text().splitlines() if l.startswith("| measured local field |")
            and "/" in l][0], flush=True)
-    g = c.sh(f"{PY} benchmarks/guard_level.py Q={c.q}", "xf_guards.log")
-    clean = re.findall(r"Q: NRMSE ([\d.]+) XSIM ([\d.]+)", g)[:4]
-    noisy = re.findall(r"Q \+ noise: NRMSE ([\d.]+)", g)[:4]
-    print("held-out z", clean, "noisy", noisy, flush=True)
-
+    clean, noisy = c.guards()
+    print("held-out z", [(f"{n:.2f}", f"{x:.4f}") for n, x in clean], "noisy", [f"{n:.2f}" for n in noisy[:4]],
+          flush=True)
 
 if __name__ == "__main__":
     main()

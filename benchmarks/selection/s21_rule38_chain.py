@@ -2,23 +2,19 @@
 `s21_explore_focal.py` built and calibrated Qf (the focal-loss fine-tuning, snapshots 800-1000): the conditions the
 exploration did not read, in the rule's order, stopping at the first failed one: (d-tilt) held-out heads 13-16 at 64^3
 with B0 tilted 25 degrees, each XSIM >= 0.60; (s) training maps; (r) the ROI proxy; (d2) the 1 mm conditions."""
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rule_chain import B36, PY, Chain  # noqa: E402
+from rule_chain import B36, Chain  # noqa: E402
 
 RUN = Path("/work/runs/s21")
 
 
 def main():
     c = Chain(38, RUN, RUN / "Qf", "r38", ref=B36)   # Qf exists: built and calibrated by s21_explore_focal.py
-    c.sh(f"{PY} benchmarks/bench_nextqsm.py --only heads --size 64 --heads 13 14 15 16 --b0-tilt 25 --noise-var 0 "
-         f"--methods nextqsm --weights-dir {c.q} --out {c.out('tilt.md')}", "r38_tilt.log")
-    rows = [l for l in c.out("tilt.md").read_text().splitlines() if re.match(r"^\| 1[3-6] \|", l)]
-    txs = [float(l.split("|")[3].split("/")[1]) for l in rows]
-    c.verdict("d-tilt", all(x >= 0.60 for x in txs), f"tilted NRMSE / XSIM {[l.split('|')[3].strip() for l in rows]}")
+    cells = c.tilted()
+    c.verdict("d-tilt", all(float(x.split("/")[1]) >= 0.60 for x in cells), f"tilted NRMSE / XSIM {cells}")
     c.training_maps(blur_gain=-0.5, total_tol=0.5)
     c.roi_proxy(tol_mae=0.5, tol_slope=0.01)
     c.heldout_1mm(mean_max=B36["mean_1mm"] + 0.5)
