@@ -30,7 +30,9 @@ S2 = {"default": 55.39, "vndc": 70.6, "xsim_mean": 0.674, "rise": [19.64, 19.89,
 #: (selection/rule36_*; select_vn's readings are re-measured in each call, not stored)
 B36 = {"default": 55.0, "vndc": 67.0, "xsim_mean": 0.684, "rise": [20.44, 20.41, 20.17, 16.26], "demo": 43.51,
        "demo_xsim": 0.615, "proxy_mae": [23.2, 18.2], "proxy_slope": [0.765, 0.795], "chal_mae_dgm": 18.8,
-       "mean_1mm": 37.41}
+       "mean_1mm": 37.41,
+       # session 21 (results_focal.md): the demo phantom's calcification, 6 phantoms, mean contrast / moment
+       "calc_contrast": 0.73, "calc_moment": 0.34}
 REFS = [39.2, 47.7, 41.7, 41.2]            # the best classical reference per held-out head (V-SHARP + iLSQR)
 TGV_1MM = [43.0, 46.5, 44.2, 40.0, 42.8]   # results_classical.md, the 1 mm conditions
 REPLAY = os.environ.get("RULE_CHAIN_REPLAY") == "1"
@@ -209,6 +211,18 @@ class Chain:
         """(e) noise rise per held-out head (the draws of (d)) <= ref's + 1.0."""
         rises = [b - a for a, b in zip(self.nr, self.noisy)]
         self.verdict("e", all(r <= s + 1.0 for r, s in zip(rises, self.ref["rise"])), f"rises {[round(r, 2) for r in rises]}")
+
+    def focal(self, contrast_gain: float = 0.0, moment_gain: float = 0.0) -> None:
+        """(q) ``diag_focal.py``, the NeXtQSM default only: the demo phantom's calcification at 2 and 1.5 mm, seeds
+        0-2; mean contrast >= ref's + contrast_gain and mean moment >= ref's + moment_gain."""
+        self.sh(f"{PY} benchmarks/diag_focal.py --methods nextqsm --nextqsm-variants --weights-dir {self.q} "
+                f"--out {self.out('focal.md')}", f"{self.tag}_focal.log")
+        lst = json.loads(self.out("focal.json").read_text())["nextqsm"]
+        con = sum(x["contrast"] for x in lst) / len(lst)
+        mom = sum(x["moment"] for x in lst) / len(lst)
+        r = self.ref
+        self.verdict("q", con >= r["calc_contrast"] + contrast_gain and mom >= r["calc_moment"] + moment_gain,
+                     f"calcification contrast {con:.3f}, moment {mom:.3f} (ref {r['calc_contrast']} / {r['calc_moment']})")
 
     def rule35_conditions(self) -> None:
         """Rule 35's conditions in its order (rule 36 re-used them): (s), (r), (c), (d), (d2), (f), (e)."""
