@@ -33,6 +33,11 @@ B36 = {"default": 55.0, "vndc": 67.0, "xsim_mean": 0.684, "rise": [20.44, 20.41,
        "mean_1mm": 37.41,
        # session 21 (results_focal.md): the demo phantom's calcification, 6 phantoms, mean contrast / moment
        "calc_contrast": 0.73, "calc_moment": 0.34}
+#: QLb = the session-22 VN (rule 40, shipped since session 22) with 2 flips: the readings rule 41+ compare against
+#: (selection/rule40b_*)
+B40 = {"default": 54.9, "vndc": 65.6, "xsim_mean": 0.682, "rise": [19.91, 19.89, 19.77, 15.68], "demo": 43.86,
+       "demo_xsim": 0.613, "proxy_mae": [22.5, 17.7], "proxy_slope": [0.775, 0.803], "chal_mae_dgm": 18.4,
+       "mean_1mm": 37.33, "calc_contrast": 0.759, "calc_moment": 0.398}
 REFS = [39.2, 47.7, 41.7, 41.2]            # the best classical reference per held-out head (V-SHARP + iLSQR)
 TGV_1MM = [43.0, 46.5, 44.2, 40.0, 42.8]   # results_classical.md, the 1 mm conditions
 REPLAY = os.environ.get("RULE_CHAIN_REPLAY") == "1"
