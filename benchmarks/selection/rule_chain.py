@@ -249,3 +249,27 @@ class Chain:
         self.heldout_1mm(mean_max=self.ref["mean_1mm"] + 0.5)
         self.demo()
         self.noise()
+
+
+def candidate_then_blend(rule: int, run: Path, ref: dict, name: str, tag: str, build, conditions,
+                         fallback_if=lambda failed: True, shipped: str = "B", alpha: float = 0.5) -> None:
+    """A rule with a fixed fallback: candidate ``name`` (folder ``run/name``, built by ``build(chain)``, levels
+    calibrated) runs ``conditions(chain)``; if it fails a condition for which ``fallback_if(condition)`` holds, the
+    weight blend ``name + 'b'`` = (1 - alpha) x the shipped VN (called ``shipped`` in the log) + alpha x the candidate
+    runs the same conditions (log prefix ``tag + 'b'``)."""
+    c = Chain(rule, run, Path(run) / name, tag, ref=ref)
+    build(c)
+    c.calibrate()
+    try:
+        conditions(c)
+        print(f"rule {rule}: every condition holds: ship {name}", flush=True)
+        return
+    except SystemExit:
+        if not fallback_if(c.failed):
+            return
+    print(f"rule {rule} fallback: {name}b = {1 - alpha:g} {shipped} + {alpha:g} {name}", flush=True)
+    cb = Chain(rule, run, Path(run) / f"{name}b", f"{tag}b", ref=ref)
+    cb.build_blend(Path(run) / name, alpha)
+    cb.calibrate()
+    conditions(cb)
+    print(f"rule {rule}: every condition holds: ship {name}b", flush=True)

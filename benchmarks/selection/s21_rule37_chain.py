@@ -7,28 +7,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rule_chain import B36, Chain  # noqa: E402
+from rule_chain import B36, Chain, candidate_then_blend  # noqa: E402
 
 RUN = Path("/work/runs/s21")
 
 
 def main():
-    c = Chain(37, RUN, RUN / "Q9", "r37", ref=B36)
-    c.build_average(RUN / "cpu_vn_pv9", range(2100, 2501, 100), "pv9_avg.pt")
-    c.calibrate()
-    try:
-        c.rule37_conditions()
-        print("rule 37: every condition holds: ship Q9", flush=True)
-        return
-    except SystemExit:
-        if c.failed == "c":
-            return
-    print("rule 37 fallback: Q9b = 0.5 B + 0.5 Q9", flush=True)
-    cb = Chain(37, RUN, RUN / "Q9b", "r37b", ref=B36)
-    cb.build_blend(RUN / "Q9", 0.5)
-    cb.calibrate()
-    cb.rule37_conditions()
-    print("rule 37: every condition holds: ship Q9b", flush=True)
+    candidate_then_blend(37, RUN, B36, "Q9", "r37",
+                         lambda c: c.build_average(RUN / "cpu_vn_pv9", range(2100, 2501, 100), "pv9_avg.pt"),
+                         Chain.rule37_conditions, fallback_if=lambda failed: failed != "c")
 
 
 if __name__ == "__main__":

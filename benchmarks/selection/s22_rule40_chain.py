@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rule_chain import B36, Chain  # noqa: E402
+from rule_chain import B36, Chain, candidate_then_blend  # noqa: E402
 
 RUN = Path("/work/runs/s22")
 
@@ -24,21 +24,9 @@ def conditions(c: Chain) -> None:
 
 
 def main():
-    c = Chain(40, RUN, RUN / "QL", "r40", ref=B36)
-    c.build_average(RUN / "cpu_vn_focal_lbv", range(800, 1001, 100), "focal_lbv_avg.pt")
-    c.calibrate()
-    try:
-        conditions(c)
-        print("rule 40: every condition holds: ship QL", flush=True)
-        return
-    except SystemExit:
-        pass
-    print("rule 40 fallback: QLb = 0.5 B + 0.5 QL", flush=True)
-    cb = Chain(40, RUN, RUN / "QLb", "r40b", ref=B36)
-    cb.build_blend(RUN / "QL", 0.5)
-    cb.calibrate()
-    conditions(cb)
-    print("rule 40: every condition holds: ship QLb", flush=True)
+    candidate_then_blend(40, RUN, B36, "QL", "r40",
+                         lambda c: c.build_average(RUN / "cpu_vn_focal_lbv", range(800, 1001, 100), "focal_lbv_avg.pt"),
+                         conditions)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rule_chain import B40, Chain  # noqa: E402
+from rule_chain import B40, Chain, candidate_then_blend  # noqa: E402
 
 RUN = Path("/work/runs/s22")
 
@@ -25,22 +25,9 @@ def conditions(c: Chain) -> None:
 
 
 def main():
-    c = Chain(41, RUN, RUN / "Q2", "r41", ref=B40)
-    c.build_average(RUN / "cpu_vn_focal_lbv2", range(800, 1001, 100), "focal_lbv2_avg.pt")
-    c.calibrate()
-    try:
-        conditions(c)
-        print("rule 41: every condition holds: ship Q2", flush=True)
-        return
-    except SystemExit:
-        if c.failed != "s":
-            return
-    print("rule 41 fallback: Q2b = 0.5 QLb + 0.5 Q2", flush=True)
-    cb = Chain(41, RUN, RUN / "Q2b", "r41b", ref=B40)
-    cb.build_blend(RUN / "Q2", 0.5)
-    cb.calibrate()
-    conditions(cb)
-    print("rule 41: every condition holds: ship Q2b", flush=True)
+    candidate_then_blend(41, RUN, B40, "Q2", "r41",
+                         lambda c: c.build_average(RUN / "cpu_vn_focal_lbv2", range(800, 1001, 100), "focal_lbv2_avg.pt"),
+                         conditions, fallback_if=lambda failed: failed == "s", shipped="QLb")
 
 
 if __name__ == "__main__":
