@@ -242,13 +242,12 @@ def test_vn_overfits_one_tiny_batch():
     assert losses[-1] < losses[0] / 2, losses[::6]
 
 
-@pytest.mark.parametrize("cls", ["vn", "vn-noise-cond", "vn-local-map", "unet"])
+@pytest.mark.parametrize("cls", ["vn", "vn-noise-cond", "unet"])
 def test_scale_awareness_x2_input_gives_x2_output(cls):
     """Normalisation inside the model: f -> 2 f gives chi -> 2 chi within 1e-4 relative (max abs)."""
     torch.manual_seed(1)
     _, lf, mask = toy(16)
-    net = (VariationalNetwork(steps=2, unet=TINY, noise_cond=cls != "vn",
-                              noise_map="local" if cls == "vn-local-map" else "global") if cls.startswith("vn")
+    net = (VariationalNetwork(steps=2, unet=TINY, noise_cond=cls == "vn-noise-cond") if cls.startswith("vn")
            else ScaledUNet(TINY))
     with torch.no_grad():
         for p in net.parameters():  # non-trivial weights
@@ -519,44 +518,6 @@ def test_noise_conditioned_vn_grows_from_an_unconditioned_one(tmp_path):
     with pytest.raises(ValueError, match="input channels"):
         VariationalNetwork(steps=2, unet={**TINY, "in_ch": 1}, noise_cond=True)
 
-
-def test_local_cone_map_finds_the_noisy_half_and_survives_save_load(tmp_path):
-    """``local_cone_map``: mean 1 in the mask, scale-free, and markedly higher where white noise was added (one
-    half of the mask) than in the clean half; a VN with ``noise_map='local'`` keeps it through save/load, its output
-    differs from the global map's with the same weights, and bad settings are refused."""
-    from nextqsm.models.vn import local_cone_map
-
-    torch.manual_seed(3)
-    _, lf, mask = toy(24)
-    k = batch_kernels(lf.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), 1)
-    rng = np.random.default_rng(0)
-    half = np.zeros(lf.shape, bool)
-    half[lf.shape[0] // 2:] = True
-    noisy = (lf + 0.7 * lf[mask].std() * rng.normal(0, 1, lf.shape) * half).astype(np.float32) * mask
-    lmap = local_cone_map(t5(noisy), t5(mask), k, (1.0, 1.0, 1.0), sigma_mm=4.0)
-    inside = t5(mask) > 0.5
-    assert abs(float(lmap[inside].mean()) - 1.0) < 1e-3
-    hb = t5(half.astype(np.float32)) > 0.5
-    hi = float(lmap[inside & hb].mean())
-    lo = float(lmap[inside & ~hb].mean())
-    assert hi > 2.0 * lo, (hi, lo)
-    assert torch.allclose(local_cone_map(t5(1000 * noisy), t5(mask), k, (1.0, 1.0, 1.0), sigma_mm=4.0), lmap, atol=1e-4)
-    glob = VariationalNetwork(steps=2, unet=TINY, noise_cond=True)
-    loc = VariationalNetwork(steps=2, unet=TINY, noise_cond=True, noise_map="local", noise_map_mm=4.0)
-    with torch.no_grad():
-        for q in glob.parameters():
-            q.add_(0.05 * torch.randn_like(q))
-        loc.load_state_dict(glob.state_dict())
-        assert not torch.allclose(glob(t5(noisy), t5(mask)), loc(t5(noisy), t5(mask)))
-    save_model(loc, "nextqsm-vn", tmp_path)
-    back = load_model("nextqsm-vn", tmp_path)
-    assert back.noise_map == "local" and back.noise_map_mm == 4.0
-    with torch.no_grad():
-        assert torch.equal(back(t5(noisy), t5(mask)), loc.eval()(t5(noisy), t5(mask)))
-    with pytest.raises(ValueError, match="noise_cond"):
-        VariationalNetwork(steps=2, unet=TINY, noise_map="local")
-    with pytest.raises(ValueError, match="unknown noise_map"):
-        VariationalNetwork(steps=2, unet=TINY, noise_cond=True, noise_map="voxel")
 
 def test_fill_rim_vn_predicts_the_eroded_rim(weights_dir, tmp_path):
     """``out_mask``: chi on the data mask is unchanged, the rim around it gets values, nothing outside;

@@ -112,46 +112,6 @@ def cone_energy(f: torch.Tensor, khalf: torch.Tensor, pshape: Sequence[int] | No
         return (num / den / frac).to(f.dtype)
 
 
-def local_cone_map(f: torch.Tensor, mask: torch.Tensor, khalf: torch.Tensor, voxel_size: Vec3s,
-                   sigma_mm: float = 8.0, eps: float = 0.1, clip: float = 4.0) -> torch.Tensor:
-    """Where in the volume the magic-cone energy sits: a map (B, 1, i, j, k) with mean 1 in ``mask``, unitless.
-
-    ``g`` = the part of the masked field ``f`` whose spectrum lies where |D| < ``eps`` (on the padded grid of
-    ``khalf``); the map is ``G * g^2 / G * f^2`` (``G``: Gaussian of ``sigma_mm`` per axis, from ``voxel_size``
-    mm), divided by its mean in the mask and clipped to [1 / ``clip``, ``clip``] before that division is
-    repeated. Multiplied by :func:`cone_energy`'s global ratio it gives a spatially varying noise map with
-    the global map's mask mean (to within the clipping), so a VN trained on the constant map starts close.
-    """
-    pshape = (khalf.shape[-3], khalf.shape[-2], 2 * (khalf.shape[-1] - 1))
-    dims = (-3, -2, -1)
-    with torch.no_grad():
-        ff = f.float()
-        xp, _, crop = _pad_central(ff, khalf, pshape)
-        cone = (khalf.abs() < eps).to(torch.float32)
-        g = torch.fft.irfftn(torch.fft.rfftn(xp, dim=dims) * cone, s=pshape, dim=dims)
-        k0 = torch.fft.fftfreq(pshape[0], device=f.device).view(-1, 1, 1)
-        k1 = torch.fft.fftfreq(pshape[1], device=f.device).view(1, -1, 1)
-        k2 = torch.fft.rfftfreq(pshape[2], device=f.device).view(1, 1, -1)
-        out = []
-        m = mask.float()
-        for b, vs in enumerate(_per_sample(voxel_size, f.shape[0])):
-            sig = [sigma_mm / max(v, 1e-6) for v in vs]   # voxels per axis
-            gauss = torch.exp(-2.0 * math.pi ** 2 * ((sig[0] * k0) ** 2 + (sig[1] * k1) ** 2 + (sig[2] * k2) ** 2))
-
-            def smooth(y):
-                return torch.fft.irfftn(torch.fft.rfftn(y, dim=dims) * gauss, s=pshape, dim=dims)
-
-            num = smooth(g[b:b + 1] ** 2)[crop]
-            den = smooth(xp[b:b + 1] ** 2)[crop]
-            r = num / den.clamp_min(1e-12 * float(den.max().clamp_min(1e-30)))
-            mb = m[b:b + 1] > 0.5
-            for _ in range(2):
-                mean = r[mb].mean().clamp_min(1e-12) if bool(mb.any()) else r.new_tensor(1.0)
-                r = torch.clamp(r / mean, 1.0 / clip, clip)
-            out.append(r)
-        return torch.cat(out).to(f.dtype)
-
-
 def _call(net, x: torch.Tensor, ckpt: bool, tile: tuple[int, int] | None) -> torch.Tensor:
     """net(x), with gradient checkpointing (training) or tiling (inference) when asked."""
     if ckpt and torch.is_grad_enabled():
@@ -289,9 +249,6 @@ class VariationalNetwork(nn.Module):
         dc_noise: ``(s0, p)``: raise the consistency weight on noisy input, ``mu = dc_mu * max(1,
             q / s0) ** p`` with ``q`` the input's :func:`highpass_noise` (the data term then trusts a
             noisy field less); ``None``: a fixed ``mu``.
-        noise_map: the regulariser's noise-map channel: 'global' (default) ``q * M`` with the volume's one
-            :func:`cone_energy` ratio ``q``; 'local' ``q * M * L`` with ``L`` = :func:`local_cone_map` (where
-            the non-dipolar energy sits, mask mean 1, smoothed over ``noise_map_mm`` mm). Same weights.
         level: chi's level, added to the normalised chi inside the output mask after the last step
             (unitless, in units of the input's :func:`robust_scale`, so scale awareness is kept).
             The field of a constant chi inside the mask is harmonic there, so background removal
@@ -303,7 +260,7 @@ class VariationalNetwork(nn.Module):
                  checkpointing: bool = False, init: str = "field", tkd_threshold: float = 0.19,
                  lambda_max: float | None = None, noise_cond: bool = False, fill_rim: bool = False,
                  outside_weight: float = 0.0, dc_mu: float = 0.0, dc_noise: Sequence[float] | None = None,
-                 level: float = 0.0, noise_map: str = "global", noise_map_mm: float = 8.0):
+                 level: float = 0.0):
         super().__init__()
         unet = dict(unet or {})
         in_ch = 2 if noise_cond else 1   # chi (+ the noise-level map)
@@ -320,16 +277,6 @@ class VariationalNetwork(nn.Module):
         self.noise_cond = bool(noise_cond)
         if noise_cond:
             self.config["noise_cond"] = True
-        if noise_map not in ("global", "local"):
-            raise ValueError(f"unknown noise_map {noise_map!r} (use 'global' or 'local')")
-        if noise_map == "local" and not noise_cond:
-            raise ValueError("noise_map='local' needs noise_cond=True")
-        if not float(noise_map_mm) > 0:
-            raise ValueError(f"noise_map_mm must be > 0 mm, got {noise_map_mm!r}")
-        self.noise_map, self.noise_map_mm = noise_map, float(noise_map_mm)
-        if noise_map == "local":
-            self.config["noise_map"] = "local"
-            self.config["noise_map_mm"] = self.noise_map_mm
         self.fill_rim = bool(fill_rim)
         if fill_rim:
             self.config["fill_rim"] = True
@@ -450,8 +397,6 @@ class VariationalNetwork(nn.Module):
             c = cone_energy(f, kernel) / CONE_UNIT
             lam = lam * torch.exp(-self.lam_gain.view(1, -1) * c.view(-1, 1))
             cmap = c * m
-            if self.noise_map == "local":
-                cmap = cmap * local_cone_map(f, m, kernel, voxel_size, self.noise_map_mm)
         x = f if self.init == "field" else self.tkd(f, m, kernel)
         for t in range(self.steps):
             g = self.data_grad(x, f, w, kernel)
