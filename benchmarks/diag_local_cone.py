@@ -146,8 +146,8 @@ def main() -> None:
               "Reading: the map finds localised white noise (synthetic check), but on the challenge it follows the "
               "local residual share hardly better than the map of D * COSMOS, which has no residual at all and whose "
               "variation is the mask truncation and the anatomy (the correlations above); the measured field's map "
-              "is flatter than that one because the residual, present at every depth (residual share 0.43 at the "
-              "surface, 0.27 in the centre), fills the cone everywhere. One number per volume already carries most "
+              "is flatter than that one because the residual, present at every depth (residual share "
+              f"{rows[0][3]:.2f} at the surface, {rows[-1][3]:.2f} in the centre), fills the cone everywhere. One number per volume already carries most "
               "of what this map would add. "
               "Not pursued as a VN input (session 23)."]
     Path(a.out).write_text("\n".join(lines) + "\n")
